@@ -1,0 +1,163 @@
+"""``slabopt.solve``: validate, dispatch to a registered solver, package one result."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _backend as bk
+from .budget import budget as make_budget
+from .budget import check_int, storage_bits
+from .objective import diagonal_objective, full_objective
+from .problem import Problem, as_matrix, check_real, resolve_activations
+from .registry import get_method
+from .result import SolveResult, SparseMatrix
+from .signs import pack_signs
+
+
+def _check_options(info: Any, options: dict) -> None:
+    accepted = info.option_names()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        listed = ", ".join(accepted) if accepted else "none"
+        raise TypeError(
+            f"method {info.name!r} got unknown option(s) {', '.join(unknown)}; "
+            f"its options are: {listed}"
+        )
+    params = inspect.signature(info.func).parameters
+    for name in options:
+        if params[name].kind is not inspect.Parameter.KEYWORD_ONLY:  # pragma: no cover
+            raise TypeError(f"option {name!r} of {info.name!r} must be keyword-only")
+
+
+def solve(
+    W: Any,
+    X: Any = None,
+    *,
+    ratio: float | None = 0.5,
+    rank: int = 64,
+    method: str = "alternating",
+    pattern: str = "row",
+    value_bits: int = 16,
+    index_bits: int = 0,
+    max_iter: int = 20,
+    tol: float = 1e-6,
+    seed: int = 0,
+    col_norms: Any = None,
+    gram: Any = None,
+    damping: float = 0.01,
+    callback: Callable[[int, float], Any] | None = None,
+    **options: Any,
+) -> SolveResult:
+    """Decompose W ≈ Ŵ = S + L ⊙ B at a storage ratio (SPEC §1–§3).
+
+    Parameters
+    ----------
+    W : (m, n) NumPy array, PyTorch tensor (CPU/CUDA) or CuPy array; float16/bfloat16/float32/
+        float64. Computation runs in float64 for float64 input and float32 otherwise. Not modified.
+    X : (N, n) calibration inputs of the layer, or ``None`` (unweighted, d = 1). Alternatively
+        give ``col_norms`` (d_j = ‖X[:, j]‖₂) or ``gram`` (XᵀX, undamped) -- at most one of the three.
+    ratio : fraction of dense b-bit storage to remove, in (0, 1) (may be ``None`` for N:M)
+    rank : r, the rank of L (0 ≤ r ≤ min(m, n))
+    method : a registered solver name, see :func:`slabopt.methods`
+    pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
+    value_bits, index_bits : b and ι of the bit budget (SPEC §2)
+    max_iter, tol : iteration limit and relative objective change that stops early
+    seed : seed of every random choice (randomized SVD sketches)
+    damping : λ of H = XᵀX + λ·mean(diag)·I in the full objective
+    callback : called as ``callback(iteration, objective)`` after each iteration
+    **options : method-specific options (e.g. ``variant="paper"`` for "alternating")
+
+    Returns
+    -------
+    SolveResult whose arrays are in W's library and on W's device.
+    """
+    start = time.perf_counter()
+    info = get_method(method)
+    _check_options(info, options)
+    W_in = as_matrix("W", W)
+    xp = bk.namespace(W_in)
+    Wc = xp.astype(W_in, bk.compute_dtype(xp, W_in), copy=True)
+    max_iter = check_int("max_iter", max_iter, 1)
+    seed = check_int("seed", seed, 0)
+    tol = check_real("tol", tol, 0.0)
+    damping = check_real("damping", damping, 0.0)
+    bud = make_budget(
+        tuple(Wc.shape),
+        ratio,
+        rank,
+        pattern=pattern,
+        value_bits=value_bits,
+        index_bits=index_bits,
+        components=info.components,
+    )
+    d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
+    d_scale = bk.to_float(xp.max(d))
+    problem = Problem(
+        W=Wc,
+        d=d / d_scale,
+        d_scale=d_scale,
+        budget=bud,
+        X=Xc,
+        raw_gram=G,
+        seed=seed,
+        max_iter=max_iter,
+        tol=tol,
+        damping=damping,
+        callback=None if callback is None else (lambda it, f: callback(it, f * d_scale**2)),
+    )
+    dec = info.func(problem, **options)
+    return _package(problem, dec, info.name, W_in.dtype, start, dict(
+        ratio=ratio, rank=rank, pattern=str(bud.pattern), value_bits=value_bits,
+        index_bits=index_bits, max_iter=max_iter, tol=tol, seed=seed, damping=damping, **options,
+    ))
+
+
+def _package(
+    problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict
+) -> SolveResult:
+    """Compact S, pack B, count the achieved bits and evaluate the objectives of Ŵ."""
+    xp, bud = problem.xp, problem.budget
+    W = problem.W
+    m, n = problem.shape
+    zeros = xp.zeros_like(W)
+    if dec.mask is None:
+        sparse = SparseMatrix.from_mask(zeros, xp.zeros((m, n), dtype=xp.bool, device=bk.device(W)))
+    else:
+        sparse = SparseMatrix.from_mask(dec.S, dec.mask)
+    W_hat = sparse.to_dense()
+    if dec.U is not None:
+        L = dec.U @ xp.matrix_transpose(dec.V)
+        W_hat = W_hat + (L if dec.B is None else L * dec.B)
+    rank = 0 if dec.U is None else int(dec.U.shape[1])
+    bits = storage_bits(
+        (m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None
+    )
+    scale2 = problem.d_scale**2
+    E = W - W_hat
+    gram = problem.gram
+    return SolveResult(
+        method=name,
+        shape=(m, n),
+        sparse=sparse,
+        U=dec.U,
+        V=dec.V,
+        signs_packed=None if dec.B is None else pack_signs(dec.B),
+        bits=bits,
+        dense_bits=bud.dense_bits,
+        requested_ratio=bud.requested_ratio,
+        budget=bud,
+        objective=diagonal_objective(E, problem.d) * scale2,
+        objective_full=None if gram is None else full_objective(E, gram, problem.damping) * scale2,
+        objective_zero=diagonal_objective(W, problem.d) * scale2,
+        history=[h * scale2 for h in dec.history],
+        n_iter=len(dec.history),
+        converged=dec.converged,
+        message=dec.message,
+        settings=settings,
+        wall_time=time.perf_counter() - start,
+        dtype=dtype,
+        info=dec.info,
+    )

@@ -1,0 +1,188 @@
+"""Exact storage budgets (SPEC §2).
+
+    bits(Ŵ) = (b + ι)·nnz(S) + b·r·(m + n) + m·n        (last term only when B is stored)
+    ratio   = 1 − bits(Ŵ) / (b·m·n)
+
+All arithmetic is on integers and exact fractions, so "the largest k with ratio(k) >= ratio" is
+decided without rounding error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .patterns import Pattern, parse_pattern
+
+COMPONENTS = frozenset({"sparse", "lowrank", "binary"})
+
+
+class InfeasibleBudgetError(ValueError):
+    """The requested ratio cannot be reached with the given rank, shape and bit settings."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes of every stored part of ``Ŵ = S + L ⊙ B`` for one layer.
+
+    Attributes
+    ----------
+    shape : (m, n)
+    rank : r, columns of the factors U (m×r) and V (n×r) (0 when no low-rank part is stored)
+    nnz : number of stored sparse values, nnz(S)
+    nnz_per_row : stored values per row for the "row" and N:M patterns, ``None`` for "global"
+    pattern : the sparsity pattern
+    binary : whether the m×n sign matrix B is stored (1 bit per entry)
+    value_bits, index_bits : b and ι
+    requested_ratio : the ratio asked for (``None`` when the budget was given as nnz)
+    """
+
+    shape: tuple[int, int]
+    rank: int
+    nnz: int
+    nnz_per_row: int | None
+    pattern: Pattern
+    binary: bool
+    value_bits: int
+    index_bits: int
+    requested_ratio: float | None
+
+    @property
+    def bits(self) -> int:
+        """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n."""
+        return storage_bits(
+            self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary
+        )
+
+    @property
+    def dense_bits(self) -> int:
+        """b·m·n, the dense layer at the same value precision."""
+        m, n = self.shape
+        return self.value_bits * m * n
+
+    @property
+    def ratio(self) -> float:
+        """Achieved ratio 1 − bits / (b·m·n)."""
+        return float(1 - Fraction(self.bits, self.dense_bits))
+
+    @property
+    def density(self) -> float:
+        """nnz(S) / (m·n), the fraction of entries S keeps."""
+        m, n = self.shape
+        return self.nnz / (m * n)
+
+
+def storage_bits(
+    shape: tuple[int, int],
+    nnz: int,
+    rank: int,
+    value_bits: int = 16,
+    index_bits: int = 0,
+    binary: bool = True,
+) -> int:
+    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n, exactly."""
+    m, n = shape
+    return (value_bits + index_bits) * nnz + value_bits * rank * (m + n) + (m * n if binary else 0)
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = value.__index__()  # type: ignore[attr-defined]
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def budget(
+    shape: tuple[int, int],
+    ratio: float | None = 0.5,
+    rank: int = 64,
+    *,
+    pattern: str | Pattern = "row",
+    value_bits: int = 16,
+    index_bits: int = 0,
+    components: frozenset[str] | set[str] | tuple[str, ...] = COMPONENTS,
+) -> Budget:
+    """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
+
+    The sparse budget is the largest k with ``ratio(k) >= ratio`` (SPEC §2), rounded down to a
+    multiple of m for the equal-per-row pattern. N:M patterns fix nnz(S) = m·n·N/M; their achieved
+    ratio may then differ from the requested one (``ratio`` may be ``None`` for them).
+
+    Parameters
+    ----------
+    shape : (m, n)
+    ratio : fraction of dense storage to remove, in (0, 1)
+    rank : rank r of L (ignored, i.e. 0, when "lowrank" is not among ``components``)
+    pattern : "row" (equal count per row), "global" (top-k over the matrix) or "N:M" such as "2:4"
+    value_bits, index_bits : b and ι
+    components : which of "sparse", "lowrank", "binary" the method stores
+
+    Raises
+    ------
+    InfeasibleBudgetError
+        when even k = 0 does not reach ``ratio``; the message names the largest reachable ratio.
+    """
+    m = check_int("shape[0]", shape[0], 1)
+    n = check_int("shape[1]", shape[1], 1)
+    value_bits = check_int("value_bits", value_bits, 1)
+    index_bits = check_int("index_bits", index_bits, 0)
+    components = frozenset(components)
+    unknown = components - COMPONENTS
+    if unknown or not components:
+        raise ValueError(
+            f"components must be a non-empty subset of {sorted(COMPONENTS)}, got {sorted(components)}"
+        )
+    has_lowrank = "lowrank" in components
+    rank = check_int("rank", rank, 0, min(m, n)) if has_lowrank else 0
+    binary = "binary" in components and rank > 0
+    pat = parse_pattern(pattern)
+    if pat.kind == "nm" and n % pat.m != 0:
+        raise ValueError(
+            f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}"
+        )
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+            raise TypeError(f"ratio must be a float in (0, 1), got {type(ratio).__name__}")
+        if not math.isfinite(ratio) or not 0 < ratio < 1:
+            raise ValueError(f"ratio must be in the open interval (0, 1), got {ratio}")
+    elif pat.kind != "nm" and "sparse" in components:
+        raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
+
+    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary)
+    dense = value_bits * m * n
+    if ratio is not None:
+        spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
+        if spare < 0:
+            best = float(1 - Fraction(fixed, dense))
+            raise InfeasibleBudgetError(
+                f"ratio {ratio} is not reachable for shape {(m, n)} with rank {rank}"
+                f"{' and a 1-bit sign matrix' if binary else ''}: the largest reachable ratio is "
+                f"{best:.6f} (no sparse values at all); ask for ratio <= {best:.6f} or a smaller rank"
+            )
+    if "sparse" not in components:
+        nnz, per_row = 0, 0
+    elif pat.kind == "nm":
+        per_row = n // pat.m * pat.n
+        nnz = m * per_row
+    else:
+        k = min(math.floor(spare / (value_bits + index_bits)), m * n)
+        if pat.kind == "row":
+            per_row = k // m
+            nnz = per_row * m
+        else:
+            per_row, nnz = None, k
+    return Budget(
+        shape=(m, n),
+        rank=rank,
+        nnz=nnz,
+        nnz_per_row=per_row,
+        pattern=pat,
+        binary=binary,
+        value_bits=value_bits,
+        index_bits=index_bits,
+        requested_ratio=None if ratio is None else float(ratio),
+    )

@@ -1,0 +1,67 @@
+"""Sparsity patterns of S and the sparse step that selects S (SPEC §3 step 1, P4).
+
+For fixed L ⊙ B and R = W − L ⊙ B, the diagonal objective of the sparse part is
+Σ_ij d_j² (R_ij − S_ij)²; keeping R_ij at the allowed positions with the largest scores
+|R_ij|·d_j and zeroing the rest is optimal under each pattern (per-row count, global count,
+or N of every M consecutive entries of a row).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import _backend as bk
+
+KNOWN_PATTERNS = ('"row"', '"global"', '"N:M" (e.g. "2:4", "4:8")')
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A sparsity pattern: ``kind`` is "row", "global" or "nm" (then ``n`` of every ``m``)."""
+
+    kind: str
+    n: int = 0
+    m: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
+
+
+def parse_pattern(pattern: str | Pattern) -> Pattern:
+    """Parse "row", "global" or "N:M" (0 < N < M) into a :class:`Pattern`."""
+    if isinstance(pattern, Pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string, got {type(pattern).__name__}")
+    if pattern in ("row", "global"):
+        return Pattern(pattern)
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        if 0 < n < m:
+            return Pattern("nm", n, m)
+        raise ValueError(f"N:M pattern needs 0 < N < M, got {pattern!r}")
+    raise ValueError(f"unknown pattern {pattern!r}; known patterns: {', '.join(KNOWN_PATTERNS)}")
+
+
+def select_mask(scores: Any, budget: Any) -> Any:
+    """Boolean mask of the entries to keep: the largest ``scores`` allowed by ``budget``.
+
+    ``scores`` is m×n and non-negative (|R|·d). Exactly ``budget.nnz`` entries are True.
+    """
+    xp = bk.namespace(scores)
+    m, n = scores.shape
+    pat = budget.pattern
+    if budget.nnz == 0:
+        return xp.zeros((m, n), dtype=xp.bool, device=bk.device(scores))
+    if pat.kind == "row":
+        return bk.mask_from_indices(xp, (m, n), bk.topk_indices(scores, budget.nnz_per_row))
+    if pat.kind == "global":
+        flat = xp.reshape(scores, (1, m * n))
+        idx = bk.topk_indices(flat, budget.nnz)
+        return xp.reshape(bk.mask_from_indices(xp, (1, m * n), idx), (m, n))
+    groups = xp.reshape(scores, (m, n // pat.m, pat.m))
+    idx = bk.topk_indices(groups, pat.n)
+    return xp.reshape(bk.mask_from_indices(xp, groups.shape, idx), (m, n))

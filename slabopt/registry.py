@@ -1,0 +1,74 @@
+"""Solver registry: ``solve(..., method=NAME)`` looks the name up here.
+
+A solver is a function ``solver(problem, **options) -> Decomposition``: ``problem`` is a validated
+:class:`slabopt.problem.Problem`, ``options`` the method's own keywords. Register your own with
+:func:`register_method` -- no edit of the package needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .budget import COMPONENTS
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered solver: its function, one-line description and what it stores."""
+
+    name: str
+    func: Callable
+    description: str
+    components: frozenset[str]
+
+    def option_names(self) -> list[str]:
+        params = list(inspect.signature(self.func).parameters.values())[1:]
+        return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str,
+    func: Callable | None = None,
+    *,
+    description: str,
+    components: tuple[str, ...] | frozenset[str] = ("sparse", "lowrank", "binary"),
+    overwrite: bool = False,
+) -> Callable:
+    """Register ``func`` as ``method=name`` (usable as a decorator).
+
+    ``components`` says which parts the method stores and therefore how its bits are counted
+    (SPEC §2): any non-empty subset of {"sparse", "lowrank", "binary"}. Method options must be
+    keyword-only parameters of ``func``.
+    """
+    comps = frozenset(components)
+    if not comps or comps - COMPONENTS:
+        raise ValueError(f"components must be a non-empty subset of {sorted(COMPONENTS)}")
+    if not isinstance(name, str) or not name:
+        raise TypeError("method name must be a non-empty string")
+
+    def decorate(f: Callable) -> Callable:
+        if name in _REGISTRY and not overwrite:
+            raise ValueError(f"method {name!r} is already registered (pass overwrite=True)")
+        _REGISTRY[name] = MethodInfo(name, f, description, comps)
+        return f
+
+    return decorate if func is None else decorate(func)
+
+
+def get_method(name: str) -> MethodInfo:
+    """The registered method ``name``; ``ValueError`` listing the known ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown method {name!r}; known methods: {known}") from None
+
+
+def methods() -> dict[str, str]:
+    """Registered method names with their one-line descriptions."""
+    return {name: info.description for name, info in sorted(_REGISTRY.items())}

@@ -1,0 +1,145 @@
+"""The one result type of :func:`slabopt.solve`, and the compact sparse matrix it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _backend as bk
+from .budget import Budget
+from .signs import unpack_signs
+
+
+@dataclass(frozen=True)
+class SparseMatrix:
+    """S in compressed sparse row form, in the caller's array library and device.
+
+    Row i holds the values ``values[indptr[i]:indptr[i+1]]`` at columns
+    ``indices[indptr[i]:indptr[i+1]]`` (ascending). For the "row" and N:M patterns every row has
+    the same count, so ``values.reshape(m, -1)`` is the fixed-width layout.
+    """
+
+    indptr: Any
+    indices: Any
+    values: Any
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[0])
+
+    @classmethod
+    def from_mask(cls, S: Any, mask: Any) -> SparseMatrix:
+        """Compact the dense ``S`` at the True entries of ``mask`` (row-major order)."""
+        xp = bk.namespace(S)
+        m, n = S.shape
+        rows, cols = xp.nonzero(mask)
+        counts = xp.sum(xp.astype(mask, xp.int64), axis=1)
+        zero = xp.zeros(1, dtype=xp.int64, device=bk.device(S))
+        indptr = xp.concat([zero, xp.cumulative_sum(counts)])
+        return cls(indptr, xp.astype(cols, xp.int32), S[rows, cols], (m, n))
+
+    def to_dense(self) -> Any:
+        """The m×n dense S."""
+        xp = bk.namespace(self.values)
+        m, n = self.shape
+        counts = self.indptr[1:] - self.indptr[:-1]
+        rows = xp.repeat(xp.arange(m, device=bk.device(self.values)), counts)
+        flat = xp.zeros(m * n, dtype=self.values.dtype, device=bk.device(self.values))
+        flat[rows * n + xp.astype(self.indices, rows.dtype)] = self.values
+        return xp.reshape(flat, (m, n))
+
+
+@dataclass
+class SolveResult:
+    """Result of :func:`slabopt.solve`: Ŵ = S + (U Vᵀ) ⊙ B and how well and how cheaply it fits.
+
+    Attributes
+    ----------
+    method : the solver's registered name
+    sparse : :class:`SparseMatrix` S (``nnz`` = 0 for methods without a sparse part)
+    U, V : factors of L = U Vᵀ, m×r and n×r (``None`` without a low-rank part)
+    signs_packed : B packed 8 signs per byte, m×ceil(n/8) uint8 (``None`` when B is not stored);
+        see :func:`slabopt.signs.unpack_signs` and :meth:`signs`
+    bits, ratio : achieved storage in bits and fraction of dense storage removed (SPEC §2)
+    requested_ratio : the ratio asked for
+    budget : the :class:`slabopt.Budget` the solver was given
+    objective : diagonal objective f(Ŵ) = ‖(W − Ŵ)D‖_F² of the returned Ŵ
+    objective_full : full objective g(Ŵ) when X or the Gram matrix was given, else ``None``
+    objective_zero : f(0) = ‖W D‖_F², so ``objective / objective_zero`` is the relative error
+    history : objective after each iteration (floats, in the user's units)
+    n_iter, converged, message : iteration count and stopping information
+    settings : every setting used (ratio, rank, pattern, bits, seed, method options, ...)
+    wall_time : seconds spent in the solver (validation and packing included)
+    info : method-specific extras (e.g. residual histories)
+    """
+
+    method: str
+    shape: tuple[int, int]
+    sparse: SparseMatrix
+    U: Any
+    V: Any
+    signs_packed: Any
+    bits: int
+    dense_bits: int
+    requested_ratio: float | None
+    budget: Budget
+    objective: float
+    objective_full: float | None
+    objective_zero: float
+    history: list[float]
+    n_iter: int
+    converged: bool
+    message: str
+    settings: dict
+    wall_time: float
+    dtype: Any
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Achieved ratio 1 − bits / (b·m·n)."""
+        return 1.0 - self.bits / self.dense_bits
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.U is None else int(self.U.shape[1])
+
+    @property
+    def relative_error(self) -> float:
+        """f(Ŵ) / f(0) = ‖(W − Ŵ)D‖² / ‖W D‖²."""
+        return self.objective / self.objective_zero if self.objective_zero > 0 else 0.0
+
+    def _xp(self) -> Any:
+        return bk.namespace(self.sparse.values)
+
+    def signs(self) -> Any:
+        """Dense ±1 matrix B (m×n, compute dtype); ``None`` when B is not stored."""
+        if self.signs_packed is None:
+            return None
+        return unpack_signs(self.signs_packed, self.shape[1], self.sparse.values.dtype)
+
+    def low_rank(self) -> Any:
+        """Dense L = U Vᵀ, or ``None``."""
+        if self.U is None:
+            return None
+        return self.U @ self._xp().matrix_transpose(self.V)
+
+    def reconstruct(self, dtype: Any = None) -> Any:
+        """Ŵ = S + L ⊙ B in the caller's library and device, cast to W's dtype by default."""
+        xp = self._xp()
+        W_hat = self.sparse.to_dense()
+        L = self.low_rank()
+        if L is not None:
+            B = self.signs()
+            W_hat = W_hat + (L if B is None else L * B)
+        return xp.astype(W_hat, self.dtype if dtype is None else dtype)
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return (
+            f"SolveResult(method={self.method!r}, shape=({m}, {n}), rank={self.rank}, "
+            f"nnz={self.sparse.nnz}, ratio={self.ratio:.4f}, "
+            f"relative_error={self.relative_error:.4g}, n_iter={self.n_iter}, "
+            f"wall_time={self.wall_time:.3g}s)"
+        )

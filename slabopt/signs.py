@@ -1,0 +1,51 @@
+"""The binary matrix B ∈ {+1, −1}^{m×n}: the sign rule and 1-bit packing.
+
+sign(0) = +1 throughout (SPEC §1). Packed layout: row-major, 8 signs per byte, most significant
+bit first (the layout of ``numpy.packbits``), bit 1 = +1, bit 0 = −1, rows padded to whole bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _backend as bk
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def sign_pm1(x: Any) -> Any:
+    """Entrywise sign with sign(0) = +1, in the dtype of ``x``."""
+    xp = bk.namespace(x)
+    return xp.where(x >= 0, xp.asarray(1, dtype=x.dtype), xp.asarray(-1, dtype=x.dtype))
+
+
+def pack_signs(b: Any) -> Any:
+    """Pack an m×n ±1 (or boolean "is +1") matrix into m×ceil(n/8) uint8."""
+    xp = bk.namespace(b)
+    m, n = b.shape
+    positive = b if b.dtype == xp.bool else b >= 0
+    pad = (-n) % 8
+    bits = xp.astype(positive, xp.uint8)
+    if pad:
+        bits = xp.concat(
+            [bits, xp.zeros((m, pad), dtype=xp.uint8, device=bk.device(b))], axis=1
+        )
+    weights = xp.asarray(_BIT_WEIGHTS, dtype=xp.uint8, device=bk.device(b))
+    groups = xp.reshape(bits, (m, (n + pad) // 8, 8)) * weights
+    return xp.astype(xp.sum(groups, axis=-1, dtype=xp.int32), xp.uint8)
+
+
+def unpack_signs(packed: Any, n: int, dtype: Any = None) -> Any:
+    """Inverse of :func:`pack_signs`: the m×n ±1 matrix (float32 unless ``dtype`` is given)."""
+    xp = bk.namespace(packed)
+    m, nbytes = packed.shape
+    if nbytes * 8 < n or nbytes * 8 - n >= 8:
+        raise ValueError(f"packed signs of width {nbytes} bytes cannot hold n = {n} columns")
+    shifts = xp.asarray((7, 6, 5, 4, 3, 2, 1, 0), dtype=xp.uint8, device=bk.device(packed))
+    bits = xp.bitwise_and(
+        xp.bitwise_right_shift(xp.reshape(packed, (m, nbytes, 1)), shifts),
+        xp.asarray(1, dtype=xp.uint8),
+    )
+    bits = xp.reshape(bits, (m, nbytes * 8))[:, :n]
+    dtype = xp.float32 if dtype is None else dtype
+    return xp.astype(bits, dtype) * 2 - 1

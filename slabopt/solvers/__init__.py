@@ -1,0 +1,3 @@
+"""Built-in solvers; importing this package registers them."""
+
+from . import alternating  # noqa: F401
