@@ -1,0 +1,1 @@
+"""Llama-family adapter for slabopt, installed as ``slabopt.llm``."""
