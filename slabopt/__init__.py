@@ -11,6 +11,7 @@ from .budget import Budget, InfeasibleBudgetError, budget, storage_bits
 from .objective import Objectives, objective
 from .patterns import Pattern
 from .problem import Decomposition, Problem
+from .quantize import two_level_quantize
 from .registry import methods, register_method
 from .result import SolveResult, SparseMatrix
 from .signs import pack_signs, unpack_signs
@@ -34,5 +35,6 @@ __all__ = [
     "register_method",
     "solve",
     "storage_bits",
+    "two_level_quantize",
     "unpack_signs",
 ]
