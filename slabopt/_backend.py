@@ -31,9 +31,7 @@ def library_name(x: Any) -> str:
         return "torch"
     if module == "cupy":
         return "cupy"
-    raise TypeError(
-        f"expected a NumPy array, PyTorch tensor or CuPy array, got {type(x).__name__}"
-    )
+    raise TypeError(f"expected a NumPy array, PyTorch tensor or CuPy array, got {type(x).__name__}")
 
 
 def namespace(x: Any) -> ModuleType:
@@ -135,6 +133,30 @@ def topk_indices(scores: Any, k: int) -> Any:
         return scores.topk(k, dim=-1, largest=True, sorted=False).indices
     xp_lib = np if name == "numpy" else __import__("cupy")
     return xp_lib.argpartition(scores, n - k, axis=-1)[..., n - k :]
+
+
+def where(cond: Any, a: Any, b: Any) -> Any:
+    """``cond ? a : b`` through the array's own library (the compat wrapper copies more)."""
+    name = library_name(a)
+    if name == "numpy":
+        return np.where(cond, a, b)
+    if name == "torch":
+        import torch
+
+        return torch.where(cond, a, b)
+    import cupy
+
+    return cupy.where(cond, a, b)
+
+
+def kth_largest(scores: Any, k: int) -> Any:
+    """The k-th largest entry of each row (shape (..., 1)), by partial selection."""
+    name = library_name(scores)
+    n = scores.shape[-1]
+    if name == "torch":
+        return scores.kthvalue(n - k + 1, dim=-1, keepdim=True).values
+    xp_lib = np if name == "numpy" else __import__("cupy")
+    return xp_lib.partition(scores, n - k, axis=-1)[..., n - k : n - k + 1]
 
 
 def mask_from_indices(xp: ModuleType, shape: tuple[int, ...], idx: Any) -> Any:

@@ -23,8 +23,7 @@ def _check_options(info: Any, options: dict) -> None:
     if unknown:
         listed = ", ".join(accepted) if accepted else "none"
         raise TypeError(
-            f"method {info.name!r} got unknown option(s) {', '.join(unknown)}; "
-            f"its options are: {listed}"
+            f"method {info.name!r} got unknown option(s) {', '.join(unknown)}; its options are: {listed}"
         )
     params = inspect.signature(info.func).parameters
     for name in options:
@@ -109,15 +108,28 @@ def solve(
         callback=None if callback is None else (lambda it, f: callback(it, f * d_scale**2)),
     )
     dec = info.func(problem, **options)
-    return _package(problem, dec, info.name, W_in.dtype, start, dict(
-        ratio=ratio, rank=rank, pattern=str(bud.pattern), value_bits=value_bits,
-        index_bits=index_bits, max_iter=max_iter, tol=tol, seed=seed, damping=damping, **options,
-    ))
+    return _package(
+        problem,
+        dec,
+        info.name,
+        W_in.dtype,
+        start,
+        dict(
+            ratio=ratio,
+            rank=rank,
+            pattern=str(bud.pattern),
+            value_bits=value_bits,
+            index_bits=index_bits,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            damping=damping,
+            **options,
+        ),
+    )
 
 
-def _package(
-    problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict
-) -> SolveResult:
+def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict) -> SolveResult:
     """Compact S, pack B, count the achieved bits and evaluate the objectives of Ŵ."""
     xp, bud = problem.xp, problem.budget
     W = problem.W
@@ -130,11 +142,14 @@ def _package(
     W_hat = sparse.to_dense()
     if dec.U is not None:
         L = dec.U @ xp.matrix_transpose(dec.V)
-        W_hat = W_hat + (L if dec.B is None else L * dec.B)
+        if dec.B is None:
+            W_hat = W_hat + L
+        elif dec.B.dtype == xp.bool:
+            W_hat = W_hat + xp.where(dec.B, L, -L)
+        else:
+            W_hat = W_hat + L * dec.B
     rank = 0 if dec.U is None else int(dec.U.shape[1])
-    bits = storage_bits(
-        (m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None
-    )
+    bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None)
     scale2 = problem.d_scale**2
     E = W - W_hat
     gram = problem.gram

@@ -51,9 +51,7 @@ class Budget:
     @property
     def bits(self) -> int:
         """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n."""
-        return storage_bits(
-            self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary
-        )
+        return storage_bits(self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary)
 
     @property
     def dense_bits(self) -> int:
@@ -141,9 +139,7 @@ def budget(
     binary = "binary" in components and rank > 0
     pat = parse_pattern(pattern)
     if pat.kind == "nm" and n % pat.m != 0:
-        raise ValueError(
-            f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}"
-        )
+        raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, int | float):
             raise TypeError(f"ratio must be a float in (0, 1), got {type(ratio).__name__}")

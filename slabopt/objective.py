@@ -1,7 +1,7 @@
 """The two objectives of SPEC §1.
 
-    diagonal  f(Ŵ) = ‖(W − Ŵ) D‖_F²,  D = diag(d), d_j = ‖X[:, j]‖₂
-    full      g(Ŵ) = tr((W − Ŵ) H (W − Ŵ)ᵀ),  H = XᵀX + λ·mean(diag XᵀX)·I
+diagonal  f(Ŵ) = ‖(W − Ŵ) D‖_F²,  D = diag(d), d_j = ‖X[:, j]‖₂
+full      g(Ŵ) = tr((W − Ŵ) H (W − Ŵ)ᵀ),  H = XᵀX + λ·mean(diag XᵀX)·I
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def as_matrix(name: str, x: Any, ndim: int = 2) -> Any:
     except TypeError:
         try:
             x = np.asarray(x)
-        except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
+        except Exception as exc:
             raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
         if x.dtype.kind in "iub":
             x = x.astype(np.float64)
@@ -192,8 +192,8 @@ class Decomposition:
     """What a solver returns; ``solve`` turns it into a :class:`slabopt.SolveResult`.
 
     ``S`` is dense (m×n, zero off ``mask``), ``U`` (m×r) and ``V`` (n×r) give L = U Vᵀ, ``B`` is
-    the dense ±1 matrix; parts a method does not store are ``None``. ``history`` holds the
-    objective it minimises after each iteration, in the user's units.
+    the dense ±1 matrix or a boolean matrix (True = +1); parts a method does not store are
+    ``None``. ``history`` holds the objective it minimises after each iteration.
     """
 
     S: Any = None

@@ -27,9 +27,7 @@ def pack_signs(b: Any) -> Any:
     pad = (-n) % 8
     bits = xp.astype(positive, xp.uint8)
     if pad:
-        bits = xp.concat(
-            [bits, xp.zeros((m, pad), dtype=xp.uint8, device=bk.device(b))], axis=1
-        )
+        bits = xp.concat([bits, xp.zeros((m, pad), dtype=xp.uint8, device=bk.device(b))], axis=1)
     weights = xp.asarray(_BIT_WEIGHTS, dtype=xp.uint8, device=bk.device(b))
     groups = xp.reshape(bits, (m, (n + pad) // 8, 8)) * weights
     return xp.astype(xp.sum(groups, axis=-1, dtype=xp.int32), xp.uint8)

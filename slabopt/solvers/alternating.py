@@ -16,22 +16,40 @@ from __future__ import annotations
 import math
 
 from .. import _backend as bk
+from ..budget import check_int
 from ..linalg import SVD_METHODS, truncated_svd
 from ..patterns import select_mask
-from ..problem import Decomposition, Problem, check_choice, check_real
-from ..budget import check_int
+from ..problem import Decomposition, Problem, check_choice
 from ..registry import register_method
 from ..signs import sign_pm1
 
 VARIANTS = ("weighted", "paper")
 
 
+def sparse_mask(problem: Problem, LB, out=None):
+    """Mask of the entries S keeps: the largest |R_ij|·d_j of R = W − L ⊙ B per pattern (P4).
+
+    Ranks by the squares (R_ij d_j)², the same order; ``out`` is an optional m×n work buffer.
+    """
+    scores = problem.W - LB if out is None else out
+    if out is not None:
+        scores[...] = problem.W
+        scores -= LB
+    scores *= scores
+    scores *= problem.d * problem.d
+    return select_mask(scores, problem.budget)
+
+
 def sparse_step(problem: Problem, LB):
-    """S = mask ⊙ R for R = W − L ⊙ B, keeping the largest |R_ij|·d_j (P4)."""
+    """S = mask ⊙ R for R = W − L ⊙ B, keeping the largest |R_ij|·d_j (P4). Returns (S, mask)."""
     xp = problem.xp
-    R = problem.W - LB
-    mask = select_mask(xp.abs(R) * problem.d, problem.budget)
-    return xp.where(mask, R, xp.zeros_like(R)), mask
+    mask = sparse_mask(problem, LB)
+    return xp.where(mask, problem.W - LB, xp.zeros_like(LB)), mask
+
+
+def positive_signs(R, L):
+    """Boolean B = +1 of the binary step: R ⊙ L ≥ 0, or R ≥ 0 before any L exists (P2)."""
+    return R >= 0 if L is None else R * L >= 0
 
 
 def binary_step(R, L):
@@ -39,10 +57,60 @@ def binary_step(R, L):
     return sign_pm1(R if L is None else R * L)
 
 
-def weighted_error(problem: Problem, RB, L) -> float:
+def outer(U, V):
+    """L = U Vᵀ (a broadcast product for rank 1, where GEMM is slow)."""
+    xp = bk.namespace(U)
+    if U.shape[1] == 1:
+        return U * xp.reshape(V, (1, -1))
+    return U @ xp.matrix_transpose(V)
+
+
+def weighted_error(problem: Problem, RB, L, out=None) -> float:
     """‖(R ⊙ B − L) D‖_F², equal to ‖(R − L ⊙ B) D‖_F² by the sign isometry (P1)."""
     xp = problem.xp
-    return bk.to_float(xp.sum(((RB - L) * problem.d) ** 2))
+    if out is None:
+        E = RB - L
+    else:
+        E = out
+        E[...] = RB
+        E -= L
+    E *= problem.d
+    return bk.to_float(xp.linalg.vecdot(xp.reshape(E, (-1,)), xp.reshape(E, (-1,))))
+
+
+def lowrank_step(
+    problem: Problem,
+    RB,
+    rank: int,
+    *,
+    weighted: bool = True,
+    svd: str = "exact",
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    start=None,
+):
+    """L = SVD_r((R ⊙ B) D) D⁻¹ (P3; ``weighted=False``: L = SVD_r(R ⊙ B)), as factors.
+
+    Returns (U, V, Q): L = U Vᵀ with U = P Σ^½, V = D⁻¹ Q Σ^½ (columns of dead inputs are 0),
+    and Q, the right singular vectors, to warm-start the next sketch.
+    """
+    xp = problem.xp
+    target = RB * problem.d if weighted else RB
+    P, s, Q = truncated_svd(
+        target,
+        rank,
+        method=svd,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+        start=start,
+    )
+    root = xp.sqrt(s)
+    V = Q * root
+    if weighted:
+        V = V * xp.reshape(problem.d_inv, (-1, 1))
+    return P * root, V, Q
 
 
 @register_method(
@@ -82,35 +150,42 @@ def alternating(
         problem.report(1, f)
         return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
 
-    d_inv = problem.d_inv
-    LB = xp.zeros_like(problem.W)
+    W = problem.W
+    LB = xp.zeros_like(W)
+    work = xp.empty_like(W)  # reused m×n buffers: scores, then R ⊙ B; error terms
+    spare = xp.empty_like(W)
     L = U = V = Q_prev = None
     history: list[float] = []
     converged, message = False, f"max_iter = {problem.max_iter} iterations reached"
     for it in range(problem.max_iter):
-        S, mask = sparse_step(problem, LB)
-        R = problem.W - S
-        B = binary_step(R, L)
-        RB = R * B
-        target = RB * d if weighted else RB
-        P, s, Q = truncated_svd(
-            target,
+        mask = sparse_mask(problem, LB, out=work)
+        LB_kept = LB  # S = mask ⊙ (W − LB_kept), formed once at the end
+        R = LB - W  # R = W − S = W + mask ⊙ (LB − W), built in place
+        R *= mask
+        R += W
+        positive = positive_signs(R, L)
+        B = xp.astype(positive, W.dtype)
+        B *= 2
+        B -= 1
+        RB = work
+        RB[...] = R
+        RB *= B  # R ⊙ B
+        del R
+        U_new, V_new, Q = lowrank_step(
+            problem,
+            RB,
             r,
-            method=svd,
+            weighted=weighted,
+            svd=svd,
             oversample=oversample,
             power_iters=power_iters,
             seed=problem.seed + it,
             start=Q_prev if warm_start else None,
         )
-        root = xp.sqrt(s)
-        U_new = P * root
-        V_new = Q * root
-        if weighted:
-            V_new = V_new * xp.reshape(d_inv, (-1, 1))
-        L_new = U_new @ xp.matrix_transpose(V_new)
-        f = weighted_error(problem, RB, L_new)
+        L_new = outer(U_new, V_new)
+        f = weighted_error(problem, RB, L_new, out=spare)
         if weighted and L is not None:
-            f_keep = weighted_error(problem, RB, L)
+            f_keep = weighted_error(problem, RB, L, out=spare)
             if f_keep < f:  # an inexact (randomized) SVD must never undo descent
                 L_new, U_new, V_new, f = L, U, V, f_keep
         L, U, V, Q_prev = L_new, U_new, V_new, Q
@@ -121,6 +196,17 @@ def alternating(
             converged = True
             message = f"relative objective change <= tol = {problem.tol:g}"
             break
+    S = work
+    S[...] = W
+    S -= LB_kept
+    S *= mask
     return Decomposition(
-        S=S, mask=mask, U=U, V=V, B=B, history=history, converged=converged, message=message
+        S=S,
+        mask=mask,
+        U=U,
+        V=V,
+        B=positive,
+        history=history,
+        converged=converged,
+        message=message,
     )

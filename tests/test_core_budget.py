@@ -1,0 +1,98 @@
+"""Exact bit budgets (SPEC §2)."""
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import slabopt
+from slabopt import InfeasibleBudgetError, budget, storage_bits
+
+
+def ratio_of(bits, b, m, n):
+    return 1 - Fraction(bits, b * m * n)
+
+
+@given(
+    m=st.integers(1, 300),
+    n=st.integers(1, 300),
+    ratio=st.floats(0.01, 0.99),
+    rank_frac=st.floats(0, 1),
+    b=st.sampled_from([4, 8, 16, 32]),
+    iota=st.integers(0, 16),
+    pattern=st.sampled_from(["row", "global"]),
+)
+def test_budget_is_largest_feasible(m, n, ratio, rank_frac, b, iota, pattern):
+    rank = int(rank_frac * min(m, n))
+    try:
+        bud = budget((m, n), ratio, rank, pattern=pattern, value_bits=b, index_bits=iota)
+    except InfeasibleBudgetError:
+        # even k = 0 must then be over the budget
+        assert ratio_of(storage_bits((m, n), 0, rank, b, iota, rank > 0), b, m, n) < Fraction(ratio)
+        return
+    assert ratio_of(bud.bits, b, m, n) >= Fraction(ratio)  # never over
+    step = m if pattern == "row" else 1  # the next allowed nnz
+    if bud.nnz + step <= m * n:
+        more = storage_bits((m, n), bud.nnz + step, rank, b, iota, rank > 0)
+        assert ratio_of(more, b, m, n) < Fraction(ratio)  # the next one would be over
+    if pattern == "row":
+        assert bud.nnz == bud.nnz_per_row * m
+
+
+def test_spec_worked_example():
+    bud = budget((4096, 4096), 0.5, 1)
+    assert bud.density == pytest.approx(0.437, abs=5e-4)
+    assert bud.ratio >= 0.5
+    expected = (16 * 4096 * 4096 // 2 - 16 * 1 * 8192 - 4096 * 4096) // 16
+    assert bud.nnz == expected // 4096 * 4096
+
+
+def test_infeasible_names_largest_reachable_ratio():
+    # rank 1: 16·1·128 + 64·64 bits of 16·64·64 are fixed -> at most 1 − 1/16 − 1/32 = 0.90625
+    with pytest.raises(InfeasibleBudgetError, match=r"largest reachable ratio is 0\.906250"):
+        budget((64, 64), 0.95, 1)
+    # rank 0 stores no B: 5% of 4096 = 204.8 values -> 3 per row of 64
+    assert budget((64, 64), 0.95, 0).nnz == 192
+    with pytest.raises(InfeasibleBudgetError, match="rank 64"):
+        budget((64, 64), 0.5, 64)
+
+
+def test_nm_pattern_fixes_nnz_and_reports_ratio():
+    bud = budget((8, 16), 0.5, 1, pattern="2:4")
+    assert bud.nnz == 8 * 8 and bud.nnz_per_row == 8
+    assert bud.ratio == pytest.approx(float(ratio_of(bud.bits, 16, 8, 16)))
+    assert budget((8, 16), None, 1, pattern="2:4").nnz == 64
+    with pytest.raises(ValueError, match="multiple of 4"):
+        budget((8, 10), 0.5, 1, pattern="2:4")
+
+
+def test_components_change_accounting():
+    sparse_only = budget((100, 200), 0.5, 8, components=("sparse",))
+    assert sparse_only.rank == 0 and not sparse_only.binary
+    assert sparse_only.nnz == 100 * 200 // 2
+    full = budget((100, 200), 0.5, 8)
+    assert full.bits == 16 * full.nnz + 16 * 8 * 300 + 100 * 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"ratio": 0.0}, ValueError, r"open interval \(0, 1\)"),
+        ({"ratio": 1.0}, ValueError, r"open interval"),
+        ({"ratio": float("nan")}, ValueError, r"open interval"),
+        ({"ratio": "0.5"}, TypeError, "ratio must be a float"),
+        ({"rank": -1}, ValueError, r"rank must be in \[0, 10\]"),
+        ({"rank": 11}, ValueError, r"rank must be in \[0, 10\]"),
+        ({"rank": 2.5}, TypeError, "rank must be an integer"),
+        ({"rank": True}, TypeError, "rank must be an integer"),
+        ({"pattern": "diag"}, ValueError, "known patterns"),
+        ({"pattern": "4:2"}, ValueError, "0 < N < M"),
+        ({"value_bits": 0}, ValueError, "value_bits"),
+        ({"index_bits": -1}, ValueError, "index_bits"),
+    ],
+)
+def test_budget_bad_arguments(kwargs, error, match):
+    args = {"ratio": 0.5, "rank": 1, **kwargs}
+    with pytest.raises(error, match=match):
+        slabopt.budget((10, 20), **args)

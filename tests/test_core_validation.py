@@ -1,0 +1,83 @@
+"""Every bad input gets a clear error naming the problem and what is allowed."""
+
+import numpy as np
+import pytest
+
+import slabopt
+
+rng = np.random.default_rng(0)
+W = rng.standard_normal((8, 12))
+X = rng.standard_normal((20, 12))
+
+
+def with_value(a, idx, value):
+    a = a.copy()
+    a[idx] = value
+    return a
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((with_value(W, (0, 0), np.nan), X), {}, ValueError, r"W contains 1 NaN or Inf"),
+        ((with_value(W, (1, 2), np.inf), X), {}, ValueError, r"W contains 1 NaN or Inf"),
+        ((W, with_value(X, (3, 3), np.nan)), {}, ValueError, r"X contains 1 NaN or Inf"),
+        ((W[0], X), {}, ValueError, r"W must be 2-D, got 1-D"),
+        ((W[None], X), {}, ValueError, r"W must be 2-D, got 3-D"),
+        ((W, X[:, :5]), {}, ValueError, r"X has 5 columns but W has n = 12"),
+        ((np.zeros((0, 12)), None), {}, ValueError, r"W is empty"),
+        ((W.astype(np.int64).astype(np.int32), X), {}, TypeError, r"dtype int32; allowed"),
+        ((W.astype(np.complex128), X), {}, TypeError, r"dtype complex128; allowed"),
+        ((W.astype(bool), X), {}, TypeError, r"dtype bool; allowed"),
+        (("abc", X), {}, TypeError, r"dtype"),
+        ((None, X), {}, TypeError, r"W must be an array, got None"),
+        ((W, X), {"rank": -1}, ValueError, r"rank must be in \[0, 8\]"),
+        ((W, X), {"rank": 9}, ValueError, r"rank must be in \[0, 8\]"),
+        ((W, X), {"ratio": 0}, ValueError, r"open interval \(0, 1\)"),
+        ((W, X), {"ratio": 1.5}, ValueError, r"open interval \(0, 1\)"),
+        ((W, X), {"ratio": 0.9, "rank": 4}, slabopt.InfeasibleBudgetError, r"largest reachable"),
+        ((W, X), {"method": "nope"}, ValueError, r"unknown method 'nope'; known methods: .*alternating"),
+        ((W, X), {"pattern": "zigzag"}, ValueError, r"unknown pattern 'zigzag'; known patterns"),
+        ((W, X), {"pattern": "2:5"}, ValueError, r"multiple of 5"),
+        ((W, np.zeros_like(X)), {}, ValueError, r"activations are all zero"),
+        ((W, X), {"variant": "fast"}, ValueError, r"unknown variant 'fast'; allowed: 'weighted', 'paper'"),
+        ((W, X), {"svd": "lanczos"}, ValueError, r"unknown svd 'lanczos'"),
+        ((W, X), {"bogus": 1}, TypeError, r"unknown option\(s\) bogus; its options are: variant"),
+        ((W, X), {"max_iter": 0}, ValueError, r"max_iter must be >= 1"),
+        ((W, X), {"tol": -1.0}, ValueError, r"tol must be >= 0"),
+        ((W, X), {"seed": -3}, ValueError, r"seed must be >= 0"),
+        ((W, X), {"col_norms": np.ones(12)}, ValueError, r"at most one of X, col_norms, gram"),
+        ((W, None), {"col_norms": np.ones(5)}, ValueError, r"col_norms has length 5, expected n = 12"),
+        ((W, None), {"col_norms": -np.ones(12)}, ValueError, r"non-negative"),
+        ((W, None), {"gram": np.eye(5)}, ValueError, r"gram must be n × n = 12 × 12"),
+        ((W, None), {"gram": -np.eye(12)}, ValueError, r"diagonal has negative entries"),
+    ],
+)
+def test_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        slabopt.solve(*args, **{"rank": 1, **kwargs})
+
+
+def test_inputs_are_never_modified():
+    W32 = W.astype(np.float32)
+    X32 = X.astype(np.float32)
+    W_copy, X_copy = W32.copy(), X32.copy()
+    slabopt.solve(W32, X32, rank=2)
+    slabopt.solve(W, X, rank=2)
+    assert np.array_equal(W32, W_copy) and np.array_equal(X32, X_copy)
+
+
+def test_zero_activation_columns_and_constant_rows():
+    Wc = W.copy()
+    Wc[3] = 2.5  # constant row
+    Xz = X.copy()
+    Xz[:, [0, 5]] = 0  # dead inputs
+    res = slabopt.solve(Wc, Xz, ratio=0.5, rank=2)
+    W_hat = res.reconstruct()
+    assert np.isfinite(W_hat).all()
+    assert np.all(np.diff(res.history) <= 1e-9 * res.history[0])
+
+
+def test_integer_lists_are_accepted_as_float64():
+    res = slabopt.solve(W.round().tolist(), None, rank=1)
+    assert res.reconstruct().dtype == np.float64
