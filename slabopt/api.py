@@ -48,6 +48,7 @@ def solve(
     gram: Any = None,
     damping: float = 0.01,
     callback: Callable[[int, float], Any] | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> SolveResult:
     """Decompose W ≈ Ŵ = S + L ⊙ B at a storage ratio (SPEC §1–§3).
@@ -67,6 +68,7 @@ def solve(
     seed : seed of every random choice (randomized SVD sketches)
     damping : λ of H = XᵀX + λ·mean(diag)·I in the full objective
     callback : called as ``callback(iteration, objective)`` after each iteration
+    progress : show a tqdm progress bar over the iterations (needs ``tqdm``)
     **options : method-specific options (e.g. ``variant="paper"`` for "alternating")
 
     Returns
@@ -94,6 +96,7 @@ def solve(
     )
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
+    report = _with_progress(callback, max_iter, info.name) if progress else callback
     problem = Problem(
         W=Wc,
         d=d / d_scale,
@@ -105,9 +108,13 @@ def solve(
         max_iter=max_iter,
         tol=tol,
         damping=damping,
-        callback=None if callback is None else (lambda it, f: callback(it, f * d_scale**2)),
+        callback=None if report is None else (lambda it, f: report(it, f * d_scale**2)),
     )
-    dec = info.func(problem, **options)
+    try:
+        dec = info.func(problem, **options)
+    finally:
+        if progress:
+            report.close()
     return _package(
         problem,
         dec,
@@ -129,6 +136,24 @@ def solve(
     )
 
 
+def _with_progress(callback: Callable | None, total: int, name: str) -> Callable:
+    """A callback that advances a tqdm bar (showing f) and then calls ``callback``."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from exc
+    bar = tqdm(total=total, desc=name, unit="it", leave=False)
+
+    def report(it: int, f: float) -> None:
+        bar.update(it - bar.n)
+        bar.set_postfix(f=f"{f:.4g}")
+        if callback is not None:
+            callback(it, f)
+
+    report.close = bar.close  # type: ignore[attr-defined]
+    return report
+
+
 def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict) -> SolveResult:
     """Compact S, pack B, count the achieved bits and evaluate the objectives of Ŵ."""
     xp, bud = problem.xp, problem.budget
@@ -148,8 +173,19 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
             W_hat = W_hat + xp.where(dec.B, L, -L)
         else:
             W_hat = W_hat + L * dec.B
+    levels = dec.info.get("levels") if dec.info else None  # two-level code (low, high) per row
+    if levels is not None:
+        W_hat = W_hat + xp.where(dec.B, xp.reshape(levels[1], (-1, 1)), xp.reshape(levels[0], (-1, 1)))
     rank = 0 if dec.U is None else int(dec.U.shape[1])
-    bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None)
+    bits = storage_bits(
+        (m, n),
+        sparse.nnz,
+        rank,
+        bud.value_bits,
+        bud.index_bits,
+        dec.B is not None,
+        0 if levels is None else 2,
+    )
     scale2 = problem.d_scale**2
     E = W - W_hat
     gram = problem.gram

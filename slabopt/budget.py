@@ -15,7 +15,9 @@ from fractions import Fraction
 
 from .patterns import Pattern, parse_pattern
 
-COMPONENTS = frozenset({"sparse", "lowrank", "binary"})
+COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel"})
+# "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B), SPEC §3
+# two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B.
 
 
 class InfeasibleBudgetError(ValueError):
@@ -47,11 +49,14 @@ class Budget:
     value_bits: int
     index_bits: int
     requested_ratio: float | None
+    row_values: int = 0  # b-bit values stored per row (2 for a two-level code)
 
     @property
     def bits(self) -> int:
-        """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n."""
-        return storage_bits(self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary)
+        """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n (+ b·row_values·m for two-level codes)."""
+        return storage_bits(
+            self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values
+        )
 
     @property
     def dense_bits(self) -> int:
@@ -78,10 +83,19 @@ def storage_bits(
     value_bits: int = 16,
     index_bits: int = 0,
     binary: bool = True,
+    row_values: int = 0,
 ) -> int:
-    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n, exactly."""
+    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m), exactly.
+
+    ``row_values`` counts b-bit values stored per row (2 for the two-level code of SPEC §3).
+    """
     m, n = shape
-    return (value_bits + index_bits) * nnz + value_bits * rank * (m + n) + (m * n if binary else 0)
+    return (
+        (value_bits + index_bits) * nnz
+        + value_bits * rank * (m + n)
+        + (m * n if binary else 0)
+        + value_bits * row_values * m
+    )
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -136,7 +150,9 @@ def budget(
         )
     has_lowrank = "lowrank" in components
     rank = check_int("rank", rank, 0, min(m, n)) if has_lowrank else 0
-    binary = "binary" in components and rank > 0
+    twolevel = "twolevel" in components
+    binary = ("binary" in components and rank > 0) or twolevel
+    row_values = 2 if twolevel else 0
     pat = parse_pattern(pattern)
     if pat.kind == "nm" and n % pat.m != 0:
         raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")
@@ -148,7 +164,7 @@ def budget(
     elif pat.kind != "nm" and "sparse" in components:
         raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
 
-    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary)
+    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values)
     dense = value_bits * m * n
     if ratio is not None:
         spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
@@ -181,4 +197,5 @@ def budget(
         value_bits=value_bits,
         index_bits=index_bits,
         requested_ratio=None if ratio is None else float(ratio),
+        row_values=row_values,
     )

@@ -133,6 +133,10 @@ class SolveResult:
         if L is not None:
             B = self.signs()
             W_hat = W_hat + (L if B is None else L * B)
+        levels = self.info.get("levels")  # two-level code: row i holds low_i / high_i
+        if levels is not None:
+            W_hat = W_hat + xp.where(self.signs() > 0, xp.reshape(levels[1], (-1, 1)),
+                                     xp.reshape(levels[0], (-1, 1)))
         return xp.astype(W_hat, self.dtype if dtype is None else dtype)
 
     def __repr__(self) -> str:

@@ -1,3 +1,14 @@
 """Built-in solvers; importing this package registers them."""
 
-from . import alternating  # noqa: F401
+from . import (  # noqa: F401
+    admm,
+    alternating,
+    godec,
+    magnitude,
+    oats,
+    rpca,
+    sparsegpt,
+    svd,
+    two_level,
+    wanda,
+)

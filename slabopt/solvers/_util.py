@@ -1,0 +1,44 @@
+"""Small helpers shared by the baseline solvers (not part of the public API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _backend as bk
+from ..patterns import select_mask
+from ..problem import Problem
+
+
+def f_value(problem: Problem, W_hat: Any) -> float:
+    """Diagonal objective ‖(W − Ŵ)D‖_F² in the problem's normalised units."""
+    xp = problem.xp
+    E = (problem.W - W_hat) * problem.d
+    return bk.to_float(xp.sum(E * E))
+
+
+def sparse_from_scores(problem: Problem, values: Any, scores: Any) -> tuple[Any, Any]:
+    """(S, mask): keep ``values`` where ``scores`` are largest under the problem's budget."""
+    xp = problem.xp
+    mask = select_mask(scores, problem.budget)
+    return xp.where(mask, values, xp.zeros_like(values)), mask
+
+
+def max_rank_for_ratio(shape: tuple[int, int], ratio: float, value_bits: int) -> int:
+    """Largest r with b·r·(m + n) ≤ (1 − ratio)·b·m·n, i.e. the largest pure low-rank fit."""
+    from fractions import Fraction
+
+    m, n = shape
+    r = int((1 - Fraction(ratio)) * m * n // (m + n))
+    return max(0, min(r, m, n))
+
+
+def hessian_or_diag(problem: Problem) -> Any:
+    """Damped H of the problem; with only d known, the diagonal H = diag(d²) (+ damping)."""
+    xp = problem.xp
+    if problem.hessian is not None:
+        return problem.hessian
+    from ..objective import damped_gram
+
+    d2 = problem.d * problem.d
+    return damped_gram(xp.eye(d2.shape[0], dtype=d2.dtype, device=bk.device(d2)) * d2,
+                       problem.damping)
