@@ -87,3 +87,19 @@ def test_early_stopping_by_tol():
     assert res.converged and res.n_iter < 50 and "tol" in res.message
     res = slabopt.solve(rng.standard_normal((20, 30)), rank=2, tol=0, max_iter=3)
     assert not res.converged and res.n_iter == 3
+
+
+def test_progress_bar_and_callback(capsys):
+    seen = []
+    rng = np.random.default_rng(6)
+    res = slabopt.solve(
+        rng.standard_normal((10, 16)),
+        rank=1,
+        max_iter=4,
+        tol=0,
+        progress=True,
+        callback=lambda it, f: seen.append((it, f)),
+    )
+    assert [it for it, _ in seen] == [1, 2, 3, 4]
+    assert [f for _, f in seen] == res.history
+    assert "alternating" in capsys.readouterr().err
