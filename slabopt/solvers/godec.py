@@ -42,7 +42,7 @@ def godec(
     r = bud.rank
     d = problem.d if weighted else xp.ones_like(problem.d)
     M = problem.W * d
-    m, n = M.shape
+    n = M.shape[1]
     norm_m = math.sqrt(bk.to_float(xp.sum(M * M))) or 1.0
     L = xp.asarray(M, copy=True)
     S = xp.zeros_like(M)

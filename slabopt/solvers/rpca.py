@@ -45,7 +45,9 @@ def pcp_ialm(M, lam=None, *, tol=1e-7, max_iter=1000, rho=1.5, mu=None):
     errors: list[float] = []
     P = Q = s = None
     zero = xp.zeros_like(M)
-    for it in range(max_iter):
+    n_iter = 0
+    for _ in range(max_iter):
+        n_iter += 1
         T = M - A + Y / mu
         E = xp.maximum(T - lam / mu, zero) + xp.minimum(T + lam / mu, zero)
         Pf, sf, Qt = xp.linalg.svd(M - E + Y / mu, full_matrices=False)
@@ -58,7 +60,7 @@ def pcp_ialm(M, lam=None, *, tol=1e-7, max_iter=1000, rho=1.5, mu=None):
             break
         Y = Y + mu * Z
         mu = min(mu * rho, mu_bar)
-    return P, s, Q, E, it + 1, errors
+    return P, s, Q, E, n_iter, errors
 
 
 @register_method(
