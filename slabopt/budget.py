@@ -16,6 +16,7 @@ from fractions import Fraction
 from .patterns import Pattern, parse_pattern
 
 COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel"})
+SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
 # "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B), SPEC §3
 # two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B.
 
@@ -116,7 +117,7 @@ def budget(
     pattern: str | Pattern = "row",
     value_bits: int = 16,
     index_bits: int = 0,
-    components: frozenset[str] | set[str] | tuple[str, ...] = COMPONENTS,
+    components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
