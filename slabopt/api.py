@@ -176,6 +176,9 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
     levels = dec.info.get("levels") if dec.info else None  # two-level code (low, high) per row
     if levels is not None:
         W_hat = W_hat + xp.where(dec.B, xp.reshape(levels[1], (-1, 1)), xp.reshape(levels[0], (-1, 1)))
+    offset = dec.info.get("row_offset") if dec.info else None  # per-row offset c (m values)
+    if offset is not None:
+        W_hat = W_hat + xp.reshape(offset, (-1, 1))
     rank = 0 if dec.U is None else int(dec.U.shape[1])
     bits = storage_bits(
         (m, n),
@@ -184,7 +187,7 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         bud.value_bits,
         bud.index_bits,
         dec.B is not None,
-        0 if levels is None else 2,
+        (0 if levels is None else 2) + (0 if offset is None else 1),
     )
     scale2 = problem.d_scale**2
     E = W - W_hat

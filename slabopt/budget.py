@@ -15,10 +15,11 @@ from fractions import Fraction
 
 from .patterns import Pattern, parse_pattern
 
-COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel"})
+COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset"})
 SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
 # "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B), SPEC §3
-# two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B.
+# two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B. "offset": one b-bit value per row
+# (a per-row offset c in Ŵ = S + c·1ᵀ + L ⊙ B, ``row_values`` = 1).
 
 
 class InfeasibleBudgetError(ValueError):
@@ -153,7 +154,7 @@ def budget(
     rank = check_int("rank", rank, 0, min(m, n)) if has_lowrank else 0
     twolevel = "twolevel" in components
     binary = ("binary" in components and rank > 0) or twolevel
-    row_values = 2 if twolevel else 0
+    row_values = 2 if twolevel else (1 if "offset" in components else 0)
     pat = parse_pattern(pattern)
     if pat.kind == "nm" and n % pat.m != 0:
         raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")

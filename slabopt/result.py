@@ -137,6 +137,9 @@ class SolveResult:
         if levels is not None:
             W_hat = W_hat + xp.where(self.signs() > 0, xp.reshape(levels[1], (-1, 1)),
                                      xp.reshape(levels[0], (-1, 1)))
+        offset = self.info.get("row_offset")  # per-row offset c
+        if offset is not None:
+            W_hat = W_hat + xp.reshape(offset, (-1, 1))
         return xp.astype(W_hat, self.dtype if dtype is None else dtype)
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     magnitude,
     oats,
     rpca,
+    slab_plus,
     sparsegpt,
     svd,
     two_level,
