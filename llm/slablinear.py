@@ -1,0 +1,176 @@
+"""``SLaBLinear``: a linear layer stored as Ŵ = S + (U Vᵀ) ⊙ B in compact form.
+
+Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on disk):
+
+- S in CSR form: ``crow`` (m+1, int32), ``col`` (nnz, int16 when n ≤ 32767 else int32),
+  ``values`` (nnz, 16-bit floats by default),
+- ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
+- ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
+- optional two-level codes ``levels`` (2×m) and ``bias`` (m).
+
+The forward never forms the dense m×n weight when the rank is small: it computes
+S x (sparse CSR product) + Σ_k u_k ⊙ (B (v_k ⊙ x)), with B unpacked to ±1 once per call
+(or kept unpacked when ``cache_signs`` is set). For larger ranks the dense Ŵ is rebuilt per call,
+which is cheaper.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+FACTORED_MAX_RANK = 4
+warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+
+_SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+
+
+def unpack_signs_torch(packed: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
+    """m×⌈n/8⌉ uint8 (MSB first, bit 1 = +1) → m×n ±1 in ``dtype``."""
+    bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1
+    bits = bits.reshape(packed.shape[0], -1)[:, :n]
+    return bits.to(dtype) * 2 - 1
+
+
+def pack_signs_torch(b: torch.Tensor) -> torch.Tensor:
+    """m×n (±1 or bool "is +1") → m×⌈n/8⌉ uint8, the layout of :func:`slabopt.pack_signs`."""
+    pos = b if b.dtype == torch.bool else b >= 0
+    m, n = pos.shape
+    pad = (-n) % 8
+    bits = torch.nn.functional.pad(pos.to(torch.uint8), (0, pad))
+    w = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32, device=b.device)
+    return (bits.reshape(m, -1, 8).to(torch.int32) * w).sum(-1).to(torch.uint8)
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    return torch.int16 if n <= 32767 else torch.int32
+
+
+class SLaBLinear(nn.Module):
+    """Drop-in replacement for ``nn.Linear`` holding Ŵ = S + (U Vᵀ) ⊙ B compactly."""
+
+    def __init__(self, in_features: int, out_features: int, *, nnz: int = 0, rank: int = 0,
+                 has_signs: bool = False, has_levels: bool = False, bias: bool = False,
+                 store_dtype: torch.dtype = torch.float16, compute_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        m, n = out_features, in_features
+        self.in_features, self.out_features = n, m
+        self.compute_dtype = compute_dtype
+        self.cache_signs = False
+        self._B: torch.Tensor | None = None
+        self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int32))
+        self.register_buffer("col", torch.zeros(nnz, dtype=_index_dtype(n)))
+        self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
+        self.register_buffer("U", torch.zeros(m, rank, dtype=store_dtype) if rank else None)
+        self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
+        self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8)
+                             if has_signs else None)
+        self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype) if has_levels else None)
+        self.register_buffer("bias", torch.zeros(m, dtype=store_dtype) if bias else None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_result(cls, res, bias: torch.Tensor | None = None, store_dtype: torch.dtype = torch.float16,
+                    compute_dtype: torch.dtype = torch.float32) -> SLaBLinear:
+        """Build from a :class:`slabopt.SolveResult` (torch arrays), casting values to ``store_dtype``."""
+        m, n = res.shape
+        sp = res.sparse
+        levels = res.info.get("levels") if res.info else None
+        mod = cls(n, m, nnz=sp.nnz, rank=res.rank, has_signs=res.signs_packed is not None,
+                  has_levels=levels is not None, bias=bias is not None, store_dtype=store_dtype,
+                  compute_dtype=compute_dtype)
+        mod.crow.copy_(torch.as_tensor(sp.indptr).to(torch.int32))
+        mod.col.copy_(torch.as_tensor(sp.indices).to(mod.col.dtype))
+        mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
+        if res.rank:
+            mod.U.copy_(torch.as_tensor(res.U).to(store_dtype))
+            mod.V.copy_(torch.as_tensor(res.V).to(store_dtype))
+        if res.signs_packed is not None:
+            mod.signs.copy_(torch.as_tensor(res.signs_packed).to(torch.uint8))
+        if levels is not None:
+            mod.levels.copy_(torch.stack([torch.as_tensor(levels[0]), torch.as_tensor(levels[1])])
+                             .to(store_dtype))
+        if bias is not None:
+            mod.bias.copy_(bias.detach().to(store_dtype))
+        return mod
+
+    @classmethod
+    def empty_like_state(cls, state: dict[str, torch.Tensor], shape: tuple[int, int],
+                         compute_dtype: torch.dtype = torch.float32) -> SLaBLinear:
+        """An instance whose buffers have the shapes/dtypes of a saved ``state`` (prefix stripped)."""
+        m, n = shape
+        U = state.get("U")
+        mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
+                  has_signs="signs" in state, has_levels="levels" in state, bias="bias" in state,
+                  store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
+        mod.load_state_dict(state, strict=True)
+        return mod
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def rank(self) -> int:
+        return 0 if self.U is None else int(self.U.shape[1])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def sparse_csr(self, dtype=None) -> torch.Tensor:
+        dtype = dtype or self.compute_dtype
+        return torch.sparse_csr_tensor(self.crow.to(torch.int64), self.col.to(torch.int64),
+                                       self.values.to(dtype), (self.out_features, self.in_features))
+
+    def sign_matrix(self, dtype=None) -> torch.Tensor | None:
+        if self.signs is None:
+            return None
+        dtype = dtype or self.compute_dtype
+        if self.cache_signs:
+            if self._B is None or self._B.dtype != dtype:
+                self._B = unpack_signs_torch(self.signs, self.in_features, dtype)
+            return self._B
+        return unpack_signs_torch(self.signs, self.in_features, dtype)
+
+    def reconstruct(self, dtype=None) -> torch.Tensor:
+        """The dense Ŵ (m×n) of the stored parts (for checks and the large-rank forward)."""
+        dtype = dtype or self.compute_dtype
+        W = self.sparse_csr(dtype).to_dense()
+        B = self.sign_matrix(dtype)
+        if self.rank:
+            L = self.U.to(dtype) @ self.V.to(dtype).T
+            W = W + (L if B is None else L * B)
+        if self.levels is not None:
+            lv = self.levels.to(dtype)
+            W = W + torch.where(B > 0, lv[1][:, None], lv[0][:, None])
+        return W
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = self.compute_dtype
+        shape = x.shape
+        xf = x.reshape(-1, self.in_features).to(dt)
+        if self.rank > FACTORED_MAX_RANK or self.levels is not None:
+            y = xf @ self.reconstruct(dt).T
+        else:
+            y = (self.sparse_csr(dt) @ xf.T).T if self.nnz else xf.new_zeros(xf.shape[0],
+                                                                             self.out_features)
+            if self.rank:
+                U, V = self.U.to(dt), self.V.to(dt)
+                B = self.sign_matrix(dt)
+                for k in range(self.rank):
+                    z = xf * V[:, k]
+                    z = z if B is None else z @ B.T
+                    y = y + z * U[:, k] if B is not None else y + z.sum(-1, keepdim=True) * U[:, k]
+        if self.bias is not None:
+            y = y + self.bias.to(dt)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def storage_bytes(self) -> int:
+        """Bytes of the stored tensors (what the safetensors file holds, headers excluded)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+                f"rank={self.rank}, signs={self.signs is not None}")
