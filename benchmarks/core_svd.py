@@ -52,10 +52,13 @@ def main() -> None:
         help="iterations of the exact path on shapes with min side > 1024",
     )
     ap.add_argument("--out", default=None, help="also write the rows as JSON")
+    ap.add_argument("--only", default=None, help="one case, e.g. 4096x4096:64")
     args = ap.parse_args()
     rows = []
     for shape, rank in CASES:
         if args.quick and shape[0] > 1024:
+            continue
+        if args.only and args.only != f"{shape[0]}x{shape[1]}:{rank}":
             continue
         exact_iters = 20 if max(shape) <= 1024 else args.exact_iters
         fast, exact = [], []
