@@ -2,8 +2,10 @@
 
 Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on disk):
 
-- S in CSR form: ``crow`` (m+1, int32), ``col`` (nnz, int16 when n ≤ 32767 else int32),
-  ``values`` (nnz, 16-bit floats by default),
+- S as ``values`` (nnz, 16-bit floats by default, row-major order) and its pattern as a bitmask
+  ``mask`` (m×⌈n/8⌉ uint8, 1 bit per entry -- cheaper on disk than 16-bit column indices whenever
+  more than 1/16 of the entries are kept); the CSR index arrays are rebuilt on load
+  (non-persistent buffers ``crow``/``col``),
 - ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
 - ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
 - optional two-level codes ``levels`` (2×m) and ``bias`` (m).
@@ -45,10 +47,6 @@ def pack_signs_torch(b: torch.Tensor) -> torch.Tensor:
     return (bits.reshape(m, -1, 8).to(torch.int32) * w).sum(-1).to(torch.uint8)
 
 
-def _index_dtype(n: int) -> torch.dtype:
-    return torch.int16 if n <= 32767 else torch.int32
-
-
 class SLaBLinear(nn.Module):
     """Drop-in replacement for ``nn.Linear`` holding Ŵ = S + (U Vᵀ) ⊙ B compactly."""
 
@@ -61,8 +59,9 @@ class SLaBLinear(nn.Module):
         self.compute_dtype = compute_dtype
         self.cache_signs = False
         self._B: torch.Tensor | None = None
-        self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int32))
-        self.register_buffer("col", torch.zeros(nnz, dtype=_index_dtype(n)))
+        self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
+        self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int64), persistent=False)
+        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int64), persistent=False)
         self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
         self.register_buffer("U", torch.zeros(m, rank, dtype=store_dtype) if rank else None)
         self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
@@ -82,8 +81,13 @@ class SLaBLinear(nn.Module):
         mod = cls(n, m, nnz=sp.nnz, rank=res.rank, has_signs=res.signs_packed is not None,
                   has_levels=levels is not None, bias=bias is not None, store_dtype=store_dtype,
                   compute_dtype=compute_dtype)
-        mod.crow.copy_(torch.as_tensor(sp.indptr).to(torch.int32))
-        mod.col.copy_(torch.as_tensor(sp.indices).to(mod.col.dtype))
+        crow = torch.as_tensor(sp.indptr).to(torch.int64)
+        col = torch.as_tensor(sp.indices).to(torch.int64)
+        rows = torch.repeat_interleave(torch.arange(m), crow[1:] - crow[:-1])
+        dense_mask = torch.zeros(m, n, dtype=torch.bool)
+        dense_mask[rows, col] = True
+        mod.mask.copy_(pack_signs_torch(dense_mask))
+        mod.rebuild_index()
         mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
         if res.rank:
             mod.U.copy_(torch.as_tensor(res.U).to(store_dtype))
@@ -107,7 +111,18 @@ class SLaBLinear(nn.Module):
                   has_signs="signs" in state, has_levels="levels" in state, bias="bias" in state,
                   store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
         mod.load_state_dict(state, strict=True)
+        mod.rebuild_index()
         return mod
+
+    def rebuild_index(self) -> None:
+        """CSR ``crow``/``col`` from the stored bitmask (row-major, ascending columns)."""
+        dense_mask = unpack_signs_torch(self.mask, self.in_features, torch.int8) > 0
+        rows, cols = torch.nonzero(dense_mask, as_tuple=True)
+        if cols.numel() != self.values.numel():
+            raise ValueError(f"mask holds {cols.numel()} entries but {self.values.numel()} values are stored")
+        counts = dense_mask.sum(1)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64)
+        self.col = cols.to(torch.int64)
 
     # ------------------------------------------------------------------ parts
     @property
@@ -120,7 +135,7 @@ class SLaBLinear(nn.Module):
 
     def sparse_csr(self, dtype=None) -> torch.Tensor:
         dtype = dtype or self.compute_dtype
-        return torch.sparse_csr_tensor(self.crow.to(torch.int64), self.col.to(torch.int64),
+        return torch.sparse_csr_tensor(self.crow, self.col,
                                        self.values.to(dtype), (self.out_features, self.in_features))
 
     def sign_matrix(self, dtype=None) -> torch.Tensor | None:
@@ -169,7 +184,7 @@ class SLaBLinear(nn.Module):
 
     def storage_bytes(self) -> int:
         """Bytes of the stored tensors (what the safetensors file holds, headers excluded)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        return sum(b.numel() * b.element_size() for b in self.state_dict().values())
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
