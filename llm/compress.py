@@ -12,7 +12,6 @@ Output folder layout::
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -362,7 +361,7 @@ def load_compressed(out_dir: str | Path, dtype: torch.dtype = torch.float32):
     leftovers = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if leftovers:
         raise UserError(f"{out_dir}: weights missing from the folder: {leftovers[:5]}")
-    for b, block in enumerate(decoder_layers(model)):
+    for block in decoder_layers(model):
         for mod in block_linears(block).values():
             mod.compute_dtype = dtype
     model.eval()

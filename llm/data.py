@@ -173,20 +173,18 @@ _TOKEN_CACHE: dict = {}
 
 def token_splits(tok, path: Path | None = None):
     """Token ids (calib, test) of the split text; cached on disk next to the model when possible."""
-    import torch
 
-    key = (id(tok), str(path))
+    key = (id(tok), str(path))  # in-process cache
     if key in _TOKEN_CACHE:
         return _TOKEN_CACHE[key]
     cache = None
-    if path is not None:
-        try:
-            cache = cache_root() / "tokens" / (hashlib.sha256(str(Path(path).resolve()).encode())
-                                               .hexdigest()[:16] + "-v2.pt")
-        except OSError:
-            cache = None
+    tj = Path(path) / "tokenizer.json" if path is not None else None
+    if tj is not None and tj.is_file():  # keyed by the tokenizer's content, not by the folder
+        cache = cache_root() / "tokens" / f"{file_hash(tj)[:16]}-v2.safetensors"
     if cache is not None and cache.is_file():
-        d = torch.load(cache, weights_only=True)
+        from safetensors.torch import load_file
+
+        d = load_file(str(cache))
         res = (d["calib"], d["test"])
     else:
         calib, test = split_text()
@@ -194,7 +192,9 @@ def token_splits(tok, path: Path | None = None):
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"calib": res[0], "test": res[1]}, cache)
+                from safetensors.torch import save_file
+
+                save_file({"calib": res[0], "test": res[1]}, str(cache))
             except OSError:
                 pass
     _TOKEN_CACHE[key] = res

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 FACTORED_MAX_RANK = 4
-warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 
 _SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
 
@@ -117,7 +116,7 @@ class SLaBLinear(nn.Module):
     def rebuild_index(self) -> None:
         """CSR ``crow``/``col`` from the stored bitmask (row-major, ascending columns)."""
         dense_mask = unpack_signs_torch(self.mask, self.in_features, torch.int8) > 0
-        rows, cols = torch.nonzero(dense_mask, as_tuple=True)
+        _rows, cols = torch.nonzero(dense_mask, as_tuple=True)
         if cols.numel() != self.values.numel():
             raise ValueError(f"mask holds {cols.numel()} entries but {self.values.numel()} values are stored")
         counts = dense_mask.sum(1)
@@ -135,8 +134,10 @@ class SLaBLinear(nn.Module):
 
     def sparse_csr(self, dtype=None) -> torch.Tensor:
         dtype = dtype or self.compute_dtype
-        return torch.sparse_csr_tensor(self.crow, self.col,
-                                       self.values.to(dtype), (self.out_features, self.in_features))
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dtype),
+                                           (self.out_features, self.in_features))
 
     def sign_matrix(self, dtype=None) -> torch.Tensor | None:
         if self.signs is None:

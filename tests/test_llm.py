@@ -1,0 +1,311 @@
+"""slabopt.llm on a tiny random LlamaForCausalLM with GQA shapes (no download, fast)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from slabopt.llm import cli  # noqa: E402
+from slabopt.llm.compress import (  # noqa: E402
+    block_linears,
+    compress_model,
+    decoder_layers,
+    load_compressed,
+)
+from slabopt.llm.slablinear import SLaBLinear, pack_signs_torch, unpack_signs_torch  # noqa: E402
+
+import slabopt  # noqa: E402
+
+METHODS = ["slab", "magnitude", "wanda", "sparsegpt", "oats", "svd"]
+
+
+def tiny_model(layers: int = 2, vocab: int = 96, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=layers,
+                      num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                      max_position_embeddings=64, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _windows(vocab=96, n=3, seqlen=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, seqlen), generator=g)
+
+
+def _available(method):
+    from slabopt.llm.compress import solver_name
+
+    if solver_name(method) not in slabopt.methods():
+        pytest.skip(f"method {method!r} is not registered yet")
+
+
+def _rank(method):
+    return 6 if method == "svd" else 1
+
+
+def test_signs_roundtrip_matches_core_packing():
+    b = torch.randn(5, 13) >= 0
+    p = pack_signs_torch(b)
+    assert torch.equal(p, slabopt.pack_signs(b))
+    assert torch.equal(unpack_signs_torch(p, 13) > 0, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_compressed_forward_equals_dense_reconstruction(tmp_path, method):
+    _available(method)
+    model = tiny_model()
+    compress_model(model, _windows(), tmp_path / "out", method=method, ratio=0.5, rank=_rank(method),
+                   max_iter=3, progress=False, log=None)
+    dense = copy.deepcopy(model)
+    for block in decoder_layers(dense):
+        for name, mod in block_linears(block).items():
+            assert isinstance(mod, SLaBLinear)
+            lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=False)
+            lin.weight.data = mod.reconstruct(torch.float32)
+            parent, _, child = name.rpartition(".")
+            setattr(block.get_submodule(parent), child, lin)
+    x = _windows(seed=7)
+    with torch.no_grad():
+        a, b = model(input_ids=x).logits, dense(input_ids=x).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # per-layer: the module forward equals x @ Ŵᵀ on random inputs
+    for block in decoder_layers(model):
+        for mod in block_linears(block).values():
+            xin = torch.randn(4, 5, mod.in_features)
+            torch.testing.assert_close(mod(xin), xin @ mod.reconstruct().T, atol=1e-5, rtol=1e-5)
+
+
+def test_slablinear_matches_solver_result_and_budget():
+    W = torch.randn(40, 72)
+    d = torch.rand(72) + 0.1
+    res = slabopt.solve(W, ratio=0.5, rank=2, col_norms=d, max_iter=5)
+    mod = SLaBLinear.from_result(res, store_dtype=torch.float32)
+    torch.testing.assert_close(mod.reconstruct(), res.reconstruct(), atol=1e-6, rtol=1e-6)
+    m16 = SLaBLinear.from_result(res)  # 16-bit values: what is saved
+    torch.testing.assert_close(m16.reconstruct(), res.reconstruct(), atol=5e-2, rtol=1e-2)
+    # stored bytes: values + U + V at 2 bytes, 1 bit/entry for B and the sparsity bitmask
+    expected = 2 * res.sparse.nnz + 2 * 2 * (40 + 72) + 2 * 40 * 9
+    assert m16.storage_bytes() == expected
+
+
+def test_save_load_identical_logits_and_manifest(tmp_path):
+    model = tiny_model()
+    out = tmp_path / "out"
+    man = compress_model(model, _windows(), out, method="slab", ratio=0.6, rank=1, seed=3, max_iter=3,
+                         progress=False, log=None)
+    loaded, man2 = load_compressed(out)
+    x = _windows(seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+    assert man2["complete"] and man2["settings"]["method"] == "slab"
+    for key in ("ratio", "rank", "seed", "value_bits", "index_bits", "max_iter", "calib_tokens"):
+        assert key in man2["settings"]
+    assert man2["slabopt_version"] == slabopt.__version__
+    assert len(man["layers"]) == 2 * 7
+    s = man["sizes"]
+    assert 0 < s["linear_bytes_on_disk"] < s["linear_dense16_bytes"]
+    assert s["linear_budget_ratio"] >= 0.6
+    # no pickle: only safetensors and JSON in the folder
+    suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
+    assert suffixes <= {".safetensors", ".json"}
+    assert not (out / "resume.safetensors").exists()
+
+
+def test_stats_shared_between_qkv_and_gate_up(tmp_path):
+    model = tiny_model(layers=1)
+    man = compress_model(model, _windows(), tmp_path / "o", method="wanda", ratio=0.5, rank=0,
+                         progress=False, log=None)
+    owner = {e["name"]: e["stats_from"] for e in man["layers"]}
+    assert owner["self_attn.k_proj"] == owner["self_attn.v_proj"] == "self_attn.q_proj"
+    assert owner["mlp.up_proj"] == "mlp.gate_proj"
+    assert owner["self_attn.o_proj"] == "self_attn.o_proj"
+    assert owner["mlp.down_proj"] == "mlp.down_proj"
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    kw = dict(method="slab", ratio=0.5, rank=1, seed=11, max_iter=3, progress=False, log=None)
+    full = tiny_model(layers=3)
+    compress_model(full, _windows(), tmp_path / "full", **kw)
+
+    def kill_after_first(b):
+        if b == 0:
+            raise _Kill
+
+    part = tiny_model(layers=3)
+    with pytest.raises(_Kill):
+        compress_model(part, _windows(), tmp_path / "part", on_block_done=kill_after_first, **kw)
+    man = json.loads((tmp_path / "part" / "manifest.json").read_text())
+    assert man["next_block"] == 1 and not man["complete"]
+    with pytest.raises(Exception, match="unfinished"):
+        load_compressed(tmp_path / "part")
+    fresh = tiny_model(layers=3)  # a new process: the model starts dense again
+    compress_model(fresh, _windows(), tmp_path / "part", resume=True, **kw)
+    a, _ = load_compressed(tmp_path / "full")
+    b, _ = load_compressed(tmp_path / "part")
+    x = _windows(seed=9)
+    with torch.no_grad():
+        assert torch.equal(a(input_ids=x).logits, b(input_ids=x).logits)
+    from safetensors.torch import load_file
+
+    for i in range(3):
+        fa = load_file(str(tmp_path / "full" / "blocks" / f"block_{i:03d}.safetensors"))
+        fb = load_file(str(tmp_path / "part" / "blocks" / f"block_{i:03d}.safetensors"))
+        assert fa.keys() == fb.keys()
+        assert all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    kw = dict(method="slab", rank=1, max_iter=2, progress=False, log=None)
+
+    def kill(b):
+        raise _Kill
+
+    with pytest.raises(_Kill):
+        compress_model(tiny_model(), _windows(), tmp_path / "o", ratio=0.5, on_block_done=kill, **kw)
+    from slabopt.llm.data import UserError
+
+    with pytest.raises(UserError, match="settings differ"):
+        compress_model(tiny_model(), _windows(), tmp_path / "o", ratio=0.6, resume=True, **kw)
+
+
+# ------------------------------------------------------------------------------ CLI error paths
+def _run_cli(argv, capsys):
+    code = cli.main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_cli_unknown_model_path(tmp_path, capsys):
+    code, _, err = _run_cli(["compress", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                            capsys)
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_cli_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    code, _, err = _run_cli(["eval", "dense", "--model", str(tmp_path / "m")], capsys)
+    assert code == 2 and "config.json" in err
+
+
+def test_cli_non_llama_model(tmp_path, capsys):
+    from transformers import GPT2Config
+
+    d = tmp_path / "gpt2"
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(d)
+    code, _, err = _run_cli(["compress", "--model", str(d), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "not Llama-like" in err
+
+
+@pytest.mark.parametrize("bad", [["--ratio", "1.5"], ["--ratio", "0"], ["--ratio", "abc"],
+                                 ["--rank", "-1"], ["--calib-tokens", "0"]])
+def test_cli_bad_numbers(tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compress", "--out", str(tmp_path / "o"), *bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("ratio" in err or "integer" in err)
+
+
+def test_cli_unknown_method(tmp_path, capsys):
+    code, _, err = _run_cli(["compress", "--method", "nosuch", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "unknown method" in err
+
+
+def test_cli_output_exists(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "x.txt").write_text("mine")
+    code, _, err = _run_cli(["compress", "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err and "--resume" in err
+    code, _, err = _run_cli(["compress", "--out", str(out), "--overwrite"], capsys)
+    assert code == 2 and "not a slabopt output folder" in err and (out / "x.txt").exists()
+    code, _, err = _run_cli(["compress", "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "no manifest" in err
+    code, _, err = _run_cli(["compress", "--out", str(out), "--resume", "--overwrite"], capsys)
+    assert code == 2 and "at most one" in err
+
+
+def test_cli_eval_missing_folder(tmp_path, capsys):
+    code, _, err = _run_cli(["eval", str(tmp_path / "none")], capsys)
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run_cli(["eval", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "manifest" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny Llama folder with a small WordLevel tokenizer (no download, fast tokenisation)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny")
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    fast.save_pretrained(d)
+    model = tiny_model(vocab=len(vocab))
+    model.save_pretrained(d)
+    return d
+
+
+def test_cli_compress_eval_roundtrip_on_local_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "c"
+    base = ["--model", str(tiny_checkpoint), "--calib-tokens", "64", "--seqlen", "16"]
+    code, so, err = _run_cli(["compress", *base, "--method", "slab", "--ratio", "0.5", "--rank", "1",
+                              "--max-iter", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "bytes on disk" in so and (out / "layers.log").read_text().count("block") == 14
+    code, so, err = _run_cli(["eval", str(out), "--tokens", "64", "--seqlen", "16", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(so)
+    assert res["perplexity"] > 1 and res["seqlen"] == 16 and res["method"] == "slab"
+    # infeasible budget: a clear message naming the smallest ratio
+    code, _, err = _run_cli(["compress", *base, "--ratio", "0.1", "--rank", "40", "--out",
+                             str(tmp_path / "inf")], capsys)
+    assert code == 2 and "Traceback" not in err and "ratio" in err
+    # the folder exists now: compress again refuses, --resume on a complete folder is a no-op
+    code, _, err = _run_cli(["compress", *base, "--max-iter", "2", "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err
+    code, _, err = _run_cli(["compress", *base, "--max-iter", "2", "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+
+
+def test_cli_compare_writes_table_and_plot(tiny_checkpoint, tmp_path, capsys):
+    code, so, err = _run_cli(["compare", "--model", str(tiny_checkpoint), "--ratios", "0.5",
+                              "--methods", "magnitude", "slab", "--calib-tokens", "32", "--seqlen", "16",
+                              "--tokens", "32", "--max-iter", "2", "--work-dir", str(tmp_path / "w"),
+                              "--no-progress"], capsys)
+    assert code == 0, err
+    assert "| dense" in so and "| slab | 0.5 |" in so and "| magnitude | 0.5 |" in so
+    assert (tmp_path / "w" / "results.png").stat().st_size > 1000
+    assert (tmp_path / "w" / "results.md").is_file()
+
+
+def test_wiki_split_follows_spec():
+    from slabopt.llm.data import wiki_articles
+
+    try:
+        arts = wiki_articles()
+    except Exception as exc:  # package not installed
+        pytest.skip(str(exc))
+    assert len(arts) > 10000 - 100
+    assert arts[0].startswith("0\n")
