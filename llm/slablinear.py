@@ -58,6 +58,8 @@ class SLaBLinear(nn.Module):
         self.compute_dtype = compute_dtype
         self.cache_signs = False
         self._B: torch.Tensor | None = None
+        self.cache_weight = False  # keep the dense Ŵ after the first call (fast evaluation on CPU)
+        self._W: torch.Tensor | None = None
         self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
         self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int64), persistent=False)
         self.register_buffer("col", torch.zeros(nnz, dtype=torch.int64), persistent=False)
@@ -167,7 +169,11 @@ class SLaBLinear(nn.Module):
         dt = self.compute_dtype
         shape = x.shape
         xf = x.reshape(-1, self.in_features).to(dt)
-        if self.rank > FACTORED_MAX_RANK or self.levels is not None:
+        if self.cache_weight:
+            if self._W is None or self._W.dtype != dt:
+                self._W = self.reconstruct(dt)
+            y = xf @ self._W.T
+        elif self.rank > FACTORED_MAX_RANK or self.levels is not None:
             y = xf @ self.reconstruct(dt).T
         else:
             y = (self.sparse_csr(dt) @ xf.T).T if self.nnz else xf.new_zeros(xf.shape[0],
@@ -182,6 +188,11 @@ class SLaBLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(dt)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def set_cache_weight(self, on: bool = True) -> None:
+        """Materialise Ŵ once and use a dense matmul (faster on CPU at moderate sparsity)."""
+        self.cache_weight = on
+        self._W = None
 
     def storage_bytes(self) -> int:
         """Bytes of the stored tensors (what the safetensors file holds, headers excluded)."""

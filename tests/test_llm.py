@@ -309,3 +309,13 @@ def test_wiki_split_follows_spec():
         pytest.skip(str(exc))
     assert len(arts) > 10000 - 100
     assert arts[0].startswith("0\n")
+
+
+def test_cached_weight_forward_matches_factored():
+    W = torch.randn(24, 40)
+    res = slabopt.solve(W, ratio=0.5, rank=1, max_iter=3)
+    mod = SLaBLinear.from_result(res)
+    x = torch.randn(3, 40)
+    a = mod(x)
+    mod.set_cache_weight(True)
+    torch.testing.assert_close(mod(x), a, atol=1e-5, rtol=1e-5)
