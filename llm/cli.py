@@ -147,7 +147,6 @@ def cmd_compress(args) -> int:
 def _evaluate(model, tok, path, tokens, seqlen, progress=False) -> dict:
     from .data import token_splits
     from .evaluate import perplexity
-
     from .slablinear import SLaBLinear
 
     for mod in model.modules():  # dense Ŵ per layer: same result, several times faster on CPU
