@@ -309,9 +309,21 @@ def cmd_compare(args) -> int:
                                        prepared=True)
             print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
             with open(_mkparent(out) / "layers.log", "a", encoding="utf-8") as logf:
+                def run(cargs=cargs, logf=logf, model=model, tok=tok, path=path):
+                    return _compress(cargs, model, tok, path, log=lambda line: logf.write(line + "\n"),
+                                     progress=not args.no_progress)
+
                 try:
-                    man = _compress(cargs, model, tok, path, log=lambda s, f=logf: f.write(s + "\n"),
-                                    progress=not args.no_progress)
+                    try:
+                        man = run()
+                    except UserError as exc:
+                        if "settings differ" not in str(exc):
+                            raise
+                        print(f"[compare] {out} was made with other settings; recomputing", flush=True)
+                        shutil.rmtree(out)
+                        out.mkdir(parents=True)
+                        cargs.resume = False
+                        man = run()
                 except UserError as exc:
                     print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
                     continue
