@@ -248,6 +248,7 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, *, method: str =
                 raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
             new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=store_dtype,
                                          compute_dtype=dtype)
+            new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
             _set_module(block, name, new)
             for k, v in new.state_dict().items():
                 tensors[f"{name}.{k}"] = v.contiguous()
@@ -261,6 +262,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, *, method: str =
                 log(f"block {b:3d} {name:22s} {res.shape!s:12s} ratio {res.ratio:.4f} "
                     f"rel.err {res.relative_error:.4g} iters {res.n_iter} {res.wall_time:.2f}s")
         inputs = _run_block(block, inputs, kwargs)
+        for mod in block_linears(block).values():
+            mod.set_cache_weight(False)  # memory stays near one model
         meta_block = {"block": str(b), "names": json.dumps(list(lin)),
                       "shapes": json.dumps({n: [m.out_features, m.in_features] for n, m in lin.items()})}
         save_file(tensors, str(out_dir / "blocks" / f"block_{b:03d}.safetensors"), metadata=meta_block)
