@@ -181,12 +181,16 @@ def token_splits(tok, path: Path | None = None):
     tj = Path(path) / "tokenizer.json" if path is not None else None
     if tj is not None and tj.is_file():  # keyed by the tokenizer's content, not by the folder
         cache = cache_root() / "tokens" / f"{file_hash(tj)[:16]}-v2.safetensors"
+    res = None
     if cache is not None and cache.is_file():
         from safetensors.torch import load_file
 
-        d = load_file(str(cache))
-        res = (d["calib"], d["test"])
-    else:
+        try:
+            d = load_file(str(cache))
+            res = (d["calib"], d["test"])
+        except Exception:  # a damaged cache file is recomputed
+            res = None
+    if res is None:
         calib, test = split_text()
         res = (tokenize(tok, calib), tokenize(tok, test))
         if cache is not None:
@@ -194,7 +198,9 @@ def token_splits(tok, path: Path | None = None):
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 from safetensors.torch import save_file
 
-                save_file({"calib": res[0], "test": res[1]}, str(cache))
+                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+                save_file({"calib": res[0], "test": res[1]}, str(tmp))
+                tmp.replace(cache)  # atomic: parallel runs never read a half-written file
             except OSError:
                 pass
     _TOKEN_CACHE[key] = res
