@@ -235,6 +235,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, *, method: str =
         tensors = {}
         lin = block_linears(block)
         for j, (name, mod) in enumerate(lin.items()):
+            if pbar is not None:
+                pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
             st = stats[name]
             W = mod.weight.detach().to(torch.float32)
             kw = {"gram": st["gram"].to(torch.float32)} if need_gram else {
