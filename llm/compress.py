@@ -197,14 +197,18 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, *, method: str =
             if log:
                 log(f"{out_dir} is already complete; nothing to do")
             return old
-        start_block = int(old.get("next_block", 0))
-        layer_log = old.get("layers", [])
         elapsed = float(old.get("compress_seconds", 0.0))
-        if start_block > 0:
-            state = load_file(str(out_dir / "resume.safetensors"))
+        rpath = out_dir / "resume.safetensors"
+        if rpath.is_file():  # written atomically after its block file: it decides where to go on
+            from safetensors import safe_open
+
+            with safe_open(str(rpath), "pt") as f:
+                start_block = int(f.metadata()["next_block"])
+            state = load_file(str(rpath))
             inputs = [state[f"input_{i}"] for i in range(len(inputs))]
             for b in range(start_block):
                 _load_block(layers[b], out_dir, b, dtype)
+                layer_log.extend(_block_log(out_dir, b))
         if log:
             log(f"resuming {out_dir} at block {start_block}/{len(layers)}")
 
@@ -268,9 +272,12 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, *, method: str =
             mod.set_cache_weight(False)  # memory stays near one model
         meta_block = {"block": str(b), "names": json.dumps(list(lin)),
                       "shapes": json.dumps({n: [m.out_features, m.in_features] for n, m in lin.items()})}
+        meta_block["log"] = json.dumps([e for e in layer_log if e["block"] == b])
         save_file(tensors, str(out_dir / "blocks" / f"block_{b:03d}.safetensors"), metadata=meta_block)
-        save_file({f"input_{i}": x.contiguous() for i, x in enumerate(inputs)},
-                  str(out_dir / "resume.safetensors"))
+        tmp = out_dir / "resume.safetensors.tmp"
+        save_file({f"input_{i}": x.contiguous() for i, x in enumerate(inputs)}, str(tmp),
+                  metadata={"next_block": str(b + 1)})
+        tmp.replace(out_dir / "resume.safetensors")
         elapsed += time.perf_counter() - t0
         save_manifest(b + 1, False)
         if pbar is not None:
@@ -305,6 +312,13 @@ def _save_rest(model, out_dir: Path, source_dir: Path | None) -> None:
                                 {"special_tokens_map.json", "vocab.json", "merges.txt",
                                  "chat_template.jinja", "tokenizer.model"}):
                 shutil.copy2(f, out_dir / f.name)
+
+
+def _block_log(out_dir: Path, b: int) -> list:
+    from safetensors import safe_open
+
+    with safe_open(str(out_dir / "blocks" / f"block_{b:03d}.safetensors"), "pt") as f:
+        return json.loads(f.metadata().get("log", "[]"))
 
 
 def _load_block(block: nn.Module, out_dir: Path, b: int, dtype: torch.dtype = torch.float32) -> None:

@@ -154,8 +154,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert man["next_block"] == 1 and not man["complete"]
     with pytest.raises(Exception, match="unfinished"):
         load_compressed(tmp_path / "part")
+    # a kill between the (atomic) resume file and the manifest update: the resume file decides
+    man["next_block"], man["layers"] = 0, []
+    (tmp_path / "part" / "manifest.json").write_text(json.dumps(man))
     fresh = tiny_model(layers=3)  # a new process: the model starts dense again
-    compress_model(fresh, _windows(), tmp_path / "part", resume=True, **kw)
+    man2 = compress_model(fresh, _windows(), tmp_path / "part", resume=True, **kw)
+    man_full = json.loads((tmp_path / "full" / "manifest.json").read_text())
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in man_full["layers"]]
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in man2["layers"]] == strip
     a, _ = load_compressed(tmp_path / "full")
     b, _ = load_compressed(tmp_path / "part")
     x = _windows(seed=9)
