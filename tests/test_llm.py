@@ -325,3 +325,33 @@ def test_cached_weight_forward_matches_factored():
     a = mod(x)
     mod.set_cache_weight(True)
     torch.testing.assert_close(mod(x), a, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_interrupted_then_resume(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import slabopt.llm.compress as comp
+
+    base = ["compress", "--model", str(tiny_checkpoint), "--calib-tokens", "48", "--seqlen", "16",
+            "--max-iter", "2", "--seed", "4"]
+    code, _, err = _run_cli([*base, "--out", str(tmp_path / "full")], capsys)
+    assert code == 0, err
+    real = comp.compress_model
+
+    def interrupted(*a, **k):
+        def stop(b):
+            raise KeyboardInterrupt
+
+        return real(*a, **k, on_block_done=stop)
+
+    monkeypatch.setattr(comp, "compress_model", interrupted)
+    code, _, err = _run_cli([*base, "--out", str(tmp_path / "part")], capsys)
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(comp, "compress_model", real)
+    code, _, err = _run_cli([*base, "--out", str(tmp_path / "part")], capsys)
+    assert code == 2 and "already exists" in err
+    code, _, err = _run_cli([*base, "--out", str(tmp_path / "part"), "--resume"], capsys)
+    assert code == 0, err
+    a, _ = load_compressed(tmp_path / "full")
+    b, _ = load_compressed(tmp_path / "part")
+    x = _windows(seed=2)
+    with torch.no_grad():
+        assert torch.equal(a(input_ids=x).logits, b(input_ids=x).logits)
