@@ -284,7 +284,9 @@ def cmd_compare(args) -> int:
         md += f"\nTotal wall time {settings['total_seconds']:.0f}s.\n"
         (work / "results.md").write_text(md)
         (work / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-        plot(rows, png, f"{settings['model'][:40]}: {args.tokens // args.seqlen}×{args.seqlen} test tokens")
+        name = settings["model"].split(" (")[0][:40]
+        plot(rows, png, f"{name}: {args.tokens // args.seqlen}×{args.seqlen} test tokens, "
+                        f"{args.calib_tokens} calibration tokens, rank {args.rank}")
         return md, png
 
     model, tok, path = load_model(args.model)
