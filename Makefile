@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 THREADS := OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
 
-.PHONY: setup run test test-slow lint proofs bench clean
+.PHONY: setup run test test-slow lint proofs mutations bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,9 @@ lint: setup
 
 proofs: setup
 	$(THREADS) $(BIN)/python -m proofs_checks
+
+mutations: setup
+	$(THREADS) $(BIN)/python -m proofs_checks.mutations
 
 bench: setup
 	$(THREADS) $(BIN)/python -m pytest benchmarks -q --benchmark-enable
