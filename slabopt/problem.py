@@ -6,6 +6,7 @@ allowed; the numerical kernels behind it assume clean input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -185,6 +186,12 @@ class Problem:
     def report(self, iteration: int, value: float) -> None:
         if self.callback is not None:
             self.callback(iteration, value)
+
+    def stalled(self, history: list[float]) -> bool:
+        """Stopping rule |f_{t−1} − f_t| ≤ tol · max(f_{t−1}, 2⁻⁵²) on the last two objective values."""
+        return len(history) > 1 and abs(history[-2] - history[-1]) <= self.tol * max(
+            history[-2], math.ulp(1.0)
+        )
 
 
 @dataclass

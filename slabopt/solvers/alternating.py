@@ -13,8 +13,6 @@ With ``variant="weighted"`` every step is an exact block minimiser, so f never i
 
 from __future__ import annotations
 
-import math
-
 from .. import _backend as bk
 from ..budget import check_int
 from ..linalg import SVD_METHODS, truncated_svd
@@ -192,7 +190,7 @@ def alternating(
         LB = L * B
         history.append(f)
         problem.report(it + 1, f)
-        if it > 0 and abs(history[-2] - f) <= problem.tol * max(history[-2], math.ulp(1.0)):
+        if problem.stalled(history):
             converged = True
             message = f"relative objective change <= tol = {problem.tol:g}"
             break

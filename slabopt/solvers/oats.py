@@ -10,8 +10,6 @@ the objective is ≤ ``tol``.
 
 from __future__ import annotations
 
-import math
-
 from .. import _backend as bk
 from ..budget import check_int
 from ..linalg import SVD_METHODS, truncated_svd
@@ -53,7 +51,7 @@ def oats(
         f = bk.to_float(xp.sum(E * E))
         history.append(f)
         problem.report(it + 1, f)
-        if it > 0 and abs(history[-2] - f) <= problem.tol * max(history[-2], math.ulp(1.0)):
+        if problem.stalled(history):
             converged, message = True, f"relative objective change <= tol = {problem.tol:g}"
             break
     d_inv = problem.d_inv

@@ -17,8 +17,6 @@ SVD with a no-ascent guard), so f never increases.
 
 from __future__ import annotations
 
-import math
-
 from .. import _backend as bk
 from ..linalg import SVD_METHODS, truncated_svd
 from ..patterns import select_mask
@@ -85,7 +83,7 @@ def _run(problem: Problem, *, offset: bool, init: str, svd: str) -> Decompositio
             f = _f(problem, R)
         history.append(f)
         problem.report(it + 1, f)
-        if it > 0 and abs(history[-2] - f) <= problem.tol * max(history[-2], math.ulp(1.0)):
+        if problem.stalled(history):
             converged, message = True, f"relative objective change <= tol = {problem.tol:g}"
             break
     S = xp.where(mask, W - c - LB, zero)

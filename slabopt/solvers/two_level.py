@@ -15,8 +15,6 @@ Both steps are exact, so f never increases. The levels are returned in ``info["l
 
 from __future__ import annotations
 
-import math
-
 from .. import _backend as bk
 from ..patterns import select_mask
 from ..problem import Decomposition, Problem
@@ -47,7 +45,7 @@ def two_level(problem: Problem) -> Decomposition:
         f = bk.to_float(xp.sum(E * E))
         history.append(f)
         problem.report(it + 1, f)
-        if it > 0 and abs(history[-2] - f) <= problem.tol * max(history[-2], math.ulp(1.0)):
+        if problem.stalled(history):
             converged, message = True, f"relative objective change <= tol = {problem.tol:g}"
             break
     S = xp.where(mask, W - T, zero)
