@@ -149,14 +149,22 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     return cupy.where(cond, a, b)
 
 
-def kth_largest(scores: Any, k: int) -> Any:
-    """The k-th largest entry of each row (shape (..., 1)), by partial selection."""
+def kth_largest(scores: Any, k: int, work: Any = None) -> Any:
+    """The k-th largest entry of each row (shape (..., 1)), by partial selection.
+
+    ``work`` (NumPy/CuPy, same shape and dtype as ``scores``) is a scratch buffer to select in
+    place, which spares allocating (and page-faulting) a copy of ``scores`` on every call.
+    """
     name = library_name(scores)
     n = scores.shape[-1]
     if name == "torch":
         return scores.kthvalue(n - k + 1, dim=-1, keepdim=True).values
-    xp_lib = np if name == "numpy" else __import__("cupy")
-    return xp_lib.partition(scores, n - k, axis=-1)[..., n - k : n - k + 1]
+    if work is None or work.shape != scores.shape or work.dtype != scores.dtype:
+        xp_lib = np if name == "numpy" else __import__("cupy")
+        return xp_lib.partition(scores, n - k, axis=-1)[..., n - k : n - k + 1]
+    work[...] = scores
+    work.partition(n - k, axis=-1)
+    return work[..., n - k : n - k + 1].copy()
 
 
 def mask_from_indices(xp: ModuleType, shape: tuple[int, ...], idx: Any) -> Any:

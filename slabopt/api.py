@@ -10,11 +10,12 @@ from typing import Any
 from . import _backend as bk
 from .budget import budget as make_budget
 from .budget import check_int, storage_bits
+from .linalg import outer
 from .objective import diagonal_objective, full_objective
 from .problem import Problem, as_matrix, check_real, resolve_activations
 from .registry import get_method
 from .result import SolveResult, SparseMatrix
-from .signs import pack_signs
+from .signs import pack_signs, pm1_from_positive
 
 
 def _check_options(info: Any, options: dict) -> None:
@@ -159,20 +160,17 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
     xp, bud = problem.xp, problem.budget
     W = problem.W
     m, n = problem.shape
-    zeros = xp.zeros_like(W)
     if dec.mask is None:
-        sparse = SparseMatrix.from_mask(zeros, xp.zeros((m, n), dtype=xp.bool, device=bk.device(W)))
+        no_entries = xp.zeros((m, n), dtype=xp.bool, device=bk.device(W))
+        sparse = SparseMatrix.from_mask(xp.zeros_like(W), no_entries)
     else:
         sparse = SparseMatrix.from_mask(dec.S, dec.mask)
     W_hat = sparse.to_dense()
     if dec.U is not None:
-        L = dec.U @ xp.matrix_transpose(dec.V)
-        if dec.B is None:
-            W_hat = W_hat + L
-        elif dec.B.dtype == xp.bool:
-            W_hat = W_hat + xp.where(dec.B, L, -L)
-        else:
-            W_hat = W_hat + L * dec.B
+        L = outer(dec.U, dec.V)
+        if dec.B is not None:
+            L *= dec.B if dec.B.dtype != xp.bool else pm1_from_positive(dec.B, L.dtype)
+        W_hat += L
     levels = dec.info.get("levels") if dec.info else None  # two-level code (low, high) per row
     if levels is not None:
         W_hat = W_hat + xp.where(dec.B, xp.reshape(levels[1], (-1, 1)), xp.reshape(levels[0], (-1, 1)))

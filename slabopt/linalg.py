@@ -16,6 +16,14 @@ from . import _backend as bk
 SVD_METHODS = ("auto", "exact", "randomized")
 
 
+def outer(U: Any, V: Any) -> Any:
+    """L = U Vᵀ (a broadcast product for rank 1, where GEMM is slow)."""
+    xp = bk.namespace(U)
+    if U.shape[1] == 1:
+        return U * xp.reshape(V, (1, -1))
+    return U @ xp.matrix_transpose(V)
+
+
 def use_randomized(shape: tuple[int, int], rank: int, oversample: int) -> bool:
     """The "auto" rule: sketch when r + p is at most a quarter of min(m, n)."""
     return 4 * (rank + oversample) <= min(shape)

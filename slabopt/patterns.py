@@ -46,10 +46,11 @@ def parse_pattern(pattern: str | Pattern) -> Pattern:
     raise ValueError(f"unknown pattern {pattern!r}; known patterns: {', '.join(KNOWN_PATTERNS)}")
 
 
-def select_mask(scores: Any, budget: Any) -> Any:
+def select_mask(scores: Any, budget: Any, work: Any = None) -> Any:
     """Boolean mask of the entries to keep: the largest ``scores`` allowed by ``budget``.
 
     ``scores`` is m×n and non-negative (|R|·d). Exactly ``budget.nnz`` entries are True.
+    ``work`` is an optional m×n scratch buffer for the per-row selection (its content is lost).
     """
     xp = bk.namespace(scores)
     m, n = scores.shape
@@ -57,7 +58,7 @@ def select_mask(scores: Any, budget: Any) -> Any:
     if budget.nnz == 0:
         return xp.zeros((m, n), dtype=xp.bool, device=bk.device(scores))
     if pat.kind == "row":
-        return top_k_rows(scores, budget.nnz_per_row)
+        return top_k_rows(scores, budget.nnz_per_row, work)
     if pat.kind == "global":
         return xp.reshape(top_k_rows(xp.reshape(scores, (1, m * n)), budget.nnz), (m, n))
     groups = xp.reshape(scores, (m, n // pat.m, pat.m))
@@ -65,7 +66,7 @@ def select_mask(scores: Any, budget: Any) -> Any:
     return xp.reshape(bk.mask_from_indices(xp, groups.shape, idx), (m, n))
 
 
-def top_k_rows(scores: Any, k: int) -> Any:
+def top_k_rows(scores: Any, k: int, work: Any = None) -> Any:
     """Mask of exactly ``k`` largest entries in each row of the 2-D ``scores``.
 
     Fast path: compare with each row's k-th largest value (one partial selection, no scatter).
@@ -78,7 +79,7 @@ def top_k_rows(scores: Any, k: int) -> Any:
         return xp.zeros((m, n), dtype=xp.bool, device=bk.device(scores))
     if k >= n:
         return xp.ones((m, n), dtype=xp.bool, device=bk.device(scores))
-    mask = scores >= bk.kth_largest(scores, k)
+    mask = scores >= bk.kth_largest(scores, k, work)
     if int(xp.count_nonzero(mask)) == m * k:  # every row has >= k, so none has more
         return mask
     counts = xp.count_nonzero(mask, axis=1)

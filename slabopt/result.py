@@ -33,11 +33,12 @@ class SparseMatrix:
         """Compact the dense ``S`` at the True entries of ``mask`` (row-major order)."""
         xp = bk.namespace(S)
         m, n = S.shape
-        rows, cols = xp.nonzero(mask)
-        counts = xp.sum(xp.astype(mask, xp.int64), axis=1)
+        flat = xp.nonzero(xp.reshape(mask, (-1,)))[0]  # row-major positions i·n + j
+        counts = xp.astype(xp.count_nonzero(mask, axis=1), xp.int64)
         zero = xp.zeros(1, dtype=xp.int64, device=bk.device(S))
         indptr = xp.concat([zero, xp.cumulative_sum(counts)])
-        return cls(indptr, xp.astype(cols, xp.int32), S[rows, cols], (m, n))
+        cols = xp.astype(flat % n, xp.int32)
+        return cls(indptr, cols, xp.take(xp.reshape(S, (-1,)), flat), (m, n))
 
     def to_dense(self) -> Any:
         """The m×n dense S."""

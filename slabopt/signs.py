@@ -13,10 +13,33 @@ from . import _backend as bk
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
+def is_positive(x: Any) -> Any:
+    """Boolean "sign(x) = +1": x ≥ 0, so sign(0) = +1 (also for −0.0)."""
+    return x >= 0
+
+
 def sign_pm1(x: Any) -> Any:
     """Entrywise sign with sign(0) = +1, in the dtype of ``x``."""
     xp = bk.namespace(x)
-    return xp.where(x >= 0, xp.asarray(1, dtype=x.dtype), xp.asarray(-1, dtype=x.dtype))
+    one = xp.asarray(1, dtype=x.dtype)
+    return xp.where(is_positive(x), one, -one)
+
+
+def pm1_from_positive(positive: Any, dtype: Any) -> Any:
+    """The ±1 matrix (in ``dtype``) of a boolean "is +1" matrix."""
+    xp = bk.namespace(positive)
+    B = xp.astype(positive, dtype)
+    B *= 2
+    B -= 1
+    return B
+
+
+def sign_pm1_into(x: Any, out: Any) -> Any:
+    """``out`` ← sign(x) with sign(0) = +1, in place (``out`` is a float array shaped like x)."""
+    out[...] = is_positive(x)
+    out *= 2
+    out -= 1
+    return out
 
 
 def pack_signs(b: Any) -> Any:

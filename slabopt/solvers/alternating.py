@@ -3,51 +3,48 @@
 Starting from L ⊙ B = 0, each iteration runs three block updates of the diagonal objective
 f = ‖(W − S − L ⊙ B) D‖_F²:
 
-1. sparse step  (P4): R = W − L ⊙ B; keep the per-pattern largest |R_ij|·d_j; S = mask ⊙ R
+1. sparse step  (P4): E = W − L ⊙ B; keep the per-pattern largest |E_ij|·d_j; S = mask ⊙ E
 2. binary step  (P2): R = W − S; B = sign(R ⊙ L)   (first iteration: B = sign(R))
 3. low-rank step(P3): L = SVD_r((R ⊙ B) D) D⁻¹      (``variant="paper"``: L = SVD_r(R ⊙ B))
 
 With ``variant="weighted"`` every step is an exact block minimiser, so f never increases
 (the descent corollary); a randomized SVD is only accepted when it does not raise f.
+The loop works in four reused m×n buffers and evaluates f from the factors (see
+:func:`weighted_objectives`), so one iteration costs about a dozen m×n passes plus the SVD.
 """
 
 from __future__ import annotations
 
 from .. import _backend as bk
 from ..budget import check_int
-from ..linalg import SVD_METHODS, truncated_svd
+from ..linalg import SVD_METHODS, outer, truncated_svd
 from ..patterns import select_mask
 from ..problem import Decomposition, Problem, check_choice
 from ..registry import register_method
-from ..signs import sign_pm1
+from ..signs import sign_pm1, sign_pm1_into
 
 VARIANTS = ("weighted", "paper")
 
 
-def sparse_mask(problem: Problem, LB, out=None):
-    """Mask of the entries S keeps: the largest |R_ij|·d_j of R = W − L ⊙ B per pattern (P4).
+def sparse_mask(problem: Problem, E, out=None, work=None):
+    """Mask of the entries S keeps: the per-pattern largest |E_ij|·d_j of E = W − L ⊙ B (P4).
 
-    Ranks by the squares (R_ij d_j)², the same order; ``out`` is an optional m×n work buffer.
+    Ranks by the squares (E_ij d_j)², the same order; ``out`` is an optional m×n buffer for the
+    scores and ``work`` one for the selection (``E`` itself is not modified).
     """
-    scores = problem.W - LB if out is None else out
-    if out is not None:
-        scores[...] = problem.W
-        scores -= LB
+    scores = problem.xp.empty_like(E) if out is None else out
+    scores[...] = E
+    scores *= problem.d
     scores *= scores
-    scores *= problem.d * problem.d
-    return select_mask(scores, problem.budget)
+    return select_mask(scores, problem.budget, work)
 
 
 def sparse_step(problem: Problem, LB):
-    """S = mask ⊙ R for R = W − L ⊙ B, keeping the largest |R_ij|·d_j (P4). Returns (S, mask)."""
+    """S = mask ⊙ E for E = W − L ⊙ B, keeping the largest |E_ij|·d_j (P4). Returns (S, mask)."""
     xp = problem.xp
-    mask = sparse_mask(problem, LB)
-    return xp.where(mask, problem.W - LB, xp.zeros_like(LB)), mask
-
-
-def positive_signs(R, L):
-    """Boolean B = +1 of the binary step: R ⊙ L ≥ 0, or R ≥ 0 before any L exists (P2)."""
-    return R >= 0 if L is None else R * L >= 0
+    E = problem.W - LB
+    mask = sparse_mask(problem, E)
+    return xp.where(mask, E, xp.zeros_like(E)), mask
 
 
 def binary_step(R, L):
@@ -55,12 +52,18 @@ def binary_step(R, L):
     return sign_pm1(R if L is None else R * L)
 
 
-def outer(U, V):
-    """L = U Vᵀ (a broadcast product for rank 1, where GEMM is slow)."""
-    xp = bk.namespace(U)
+def multiply_by_lowrank(A, U, V, L=None):
+    """A ← A ⊙ (U Vᵀ) in place; ``L`` is U Vᵀ when already formed (rank > 1).
+
+    For rank 1 two broadcast products, no m×n temporary.
+    """
+    xp = bk.namespace(A)
     if U.shape[1] == 1:
-        return U * xp.reshape(V, (1, -1))
-    return U @ xp.matrix_transpose(V)
+        A *= U
+        A *= xp.reshape(V, (1, -1))
+    else:
+        A *= outer(U, V) if L is None else L
+    return A
 
 
 def weighted_error(problem: Problem, RB, L, out=None) -> float:
@@ -74,6 +77,111 @@ def weighted_error(problem: Problem, RB, L, out=None) -> float:
         E -= L
     E *= problem.d
     return bk.to_float(xp.linalg.vecdot(xp.reshape(E, (-1,)), xp.reshape(E, (-1,))))
+
+
+def squared_norm(M) -> float:
+    """‖M‖_F² with per-row dot products summed in float64 (accurate enough to subtract from)."""
+    xp = bk.namespace(M)
+    rows = xp.linalg.vecdot(M, M, axis=-1)
+    return bk.to_float(xp.sum(xp.astype(rows, xp.float64)))
+
+
+def factored_errors(M, norm2: float, factors) -> list[float]:
+    """‖M − U (DV)ᵀ‖_F² = ‖M‖² − 2⟨U, M·DV⟩ + ⟨UᵀU, (DV)ᵀDV⟩ for each (U, DV) in ``factors``.
+
+    ``norm2`` = ‖M‖_F². One skinny product M·[DV₁ DV₂ …] (one pass over M) replaces the m×n
+    passes of forming each U (DV)ᵀ; the small terms are summed in float64.
+    """
+    xp = bk.namespace(M)
+    f64 = xp.float64
+    MDV = M @ xp.concat([DV for _, DV in factors], axis=1)
+    out, col = [], 0
+    for U, DV in factors:
+        r = U.shape[1]
+        cross = xp.sum(xp.astype(U * MDV[:, col : col + r], f64))
+        gram = xp.astype(xp.matrix_transpose(U) @ U, f64) * xp.astype(
+            xp.matrix_transpose(DV) @ DV, f64
+        )
+        out.append(norm2 - 2.0 * bk.to_float(cross) + bk.to_float(xp.sum(gram)))
+        col += r
+    return out
+
+
+CANCELLATION = 1e-2  # below f < CANCELLATION·‖M‖² the objectives are evaluated explicitly
+
+
+def explicit_error(M, U, DV, out) -> float:
+    """‖M − U (DV)ᵀ‖_F², formed in the m×n buffer ``out``."""
+    out[...] = M
+    out -= outer(U, DV)
+    return squared_norm(out)
+
+
+def weighted_objectives(problem: Problem, M, new, old, out) -> tuple[float, bool]:
+    """(f, keep): f = ‖(R⊙B − L)D‖² of the better of the ``new`` and the ``old`` factors (U, V).
+
+    With M = (R⊙B)D, f(U, V) = ‖M − U(DV)ᵀ‖² (P1), evaluated from the factors by
+    :func:`factored_errors`. Values below ``CANCELLATION``·‖M‖² (where the subtraction loses
+    digits) are recomputed explicitly in the m×n buffer ``out``. ``old`` is ``None`` in the
+    first iteration; ``keep`` says the old factors are better, which only an inexact
+    (randomized) SVD can cause.
+    """
+    xp = problem.xp
+    d = xp.reshape(problem.d, (-1, 1))
+    pairs = [(U, V * d) for U, V in ([new] if old is None else [new, old])]
+    norm2 = squared_norm(M)
+    values = factored_errors(M, norm2, pairs)
+    if min(values) < CANCELLATION * norm2:
+        values = [explicit_error(M, U, DV, out) for U, DV in pairs]
+    keep = len(values) == 2 and values[1] < values[0]
+    return min(values), keep
+
+
+def svd_target(problem: Problem, RB, *, weighted: bool = True, overwrite: bool = False):
+    """M = (R ⊙ B) D for the weighted variant, R ⊙ B for the paper variant (SPEC §3 step 3).
+
+    ``overwrite=True`` scales ``RB`` in place.
+    """
+    if not weighted:
+        return RB
+    if overwrite:
+        RB *= problem.d
+        return RB
+    return RB * problem.d
+
+
+def lowrank_factors(
+    problem: Problem,
+    M,
+    rank: int,
+    *,
+    weighted: bool = True,
+    svd: str = "exact",
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    start=None,
+):
+    """Factors of L = SVD_r(M) D⁻¹ (weighted) or SVD_r(M) (paper) for the SVD target M.
+
+    Returns (U, V, Q): L = U Vᵀ with U = P Σ^½, V = D⁻¹ Q Σ^½ (columns of dead inputs are 0),
+    and Q, the right singular vectors, to warm-start the next sketch.
+    """
+    xp = problem.xp
+    P, s, Q = truncated_svd(
+        M,
+        rank,
+        method=svd,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+        start=start,
+    )
+    root = xp.sqrt(s)
+    V = Q * root
+    if weighted:
+        V = V * xp.reshape(problem.d_inv, (-1, 1))
+    return P * root, V, Q
 
 
 def lowrank_step(
@@ -93,22 +201,18 @@ def lowrank_step(
     Returns (U, V, Q): L = U Vᵀ with U = P Σ^½, V = D⁻¹ Q Σ^½ (columns of dead inputs are 0),
     and Q, the right singular vectors, to warm-start the next sketch.
     """
-    xp = problem.xp
-    target = RB * problem.d if weighted else RB
-    P, s, Q = truncated_svd(
-        target,
+    M = svd_target(problem, RB, weighted=weighted)
+    return lowrank_factors(
+        problem,
+        M,
         rank,
-        method=svd,
+        weighted=weighted,
+        svd=svd,
         oversample=oversample,
         power_iters=power_iters,
         seed=seed,
         start=start,
     )
-    root = xp.sqrt(s)
-    V = Q * root
-    if weighted:
-        V = V * xp.reshape(problem.d_inv, (-1, 1))
-    return P * root, V, Q
 
 
 @register_method(
@@ -149,29 +253,32 @@ def alternating(
         return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
 
     W = problem.W
+    # Four reused m×n buffers (no m×n temporaries in the rank-1 loop):
+    #   SE: E = W − L⊙B, then S = mask ⊙ E      R: sparse scores, then R = W − S
+    #   LB: L⊙B, selection scratch, R⊙L, M = (R⊙B)D     B: the ±1 signs
+    SE, R, B = xp.empty_like(W), xp.empty_like(W), xp.empty_like(W)
     LB = xp.zeros_like(W)
-    work = xp.empty_like(W)  # reused m×n buffers: scores, then R ⊙ B; error terms
-    spare = xp.empty_like(W)
-    L = U = V = Q_prev = None
+    U = V = L = Q_prev = None
     history: list[float] = []
     converged, message = False, f"max_iter = {problem.max_iter} iterations reached"
     for it in range(problem.max_iter):
-        mask = sparse_mask(problem, LB, out=work)
-        LB_kept = LB  # S = mask ⊙ (W − LB_kept), formed once at the end
-        R = LB - W  # R = W − S = W + mask ⊙ (LB − W), built in place
-        R *= mask
-        R += W
-        positive = positive_signs(R, L)
-        B = xp.astype(positive, W.dtype)
-        B *= 2
-        B -= 1
-        RB = work
-        RB[...] = R
-        RB *= B  # R ⊙ B
-        del R
-        U_new, V_new, Q = lowrank_step(
+        SE[...] = W
+        SE -= LB  # E = W − L⊙B
+        mask = sparse_mask(problem, SE, out=R, work=LB)  # sparse step (P4)
+        SE *= mask  # S = mask ⊙ E
+        R[...] = W
+        R -= SE  # R = W − S
+        if U is None:  # binary step (P2): B = sign(R ⊙ L), or sign(R) before any L
+            sign_pm1_into(R, B)
+        else:
+            LB[...] = R
+            sign_pm1_into(multiply_by_lowrank(LB, U, V, L), B)
+        LB[...] = R
+        LB *= B
+        M = svd_target(problem, LB, weighted=weighted, overwrite=True)
+        U_new, V_new, Q = lowrank_factors(  # low-rank step (P3)
             problem,
-            RB,
+            M,
             r,
             weighted=weighted,
             svd=svd,
@@ -180,30 +287,30 @@ def alternating(
             seed=problem.seed + it,
             start=Q_prev if warm_start else None,
         )
-        L_new = outer(U_new, V_new)
-        f = weighted_error(problem, RB, L_new, out=spare)
-        if weighted and L is not None:
-            f_keep = weighted_error(problem, RB, L, out=spare)
-            if f_keep < f:  # an inexact (randomized) SVD must never undo descent
-                L_new, U_new, V_new, f = L, U, V, f_keep
-        L, U, V, Q_prev = L_new, U_new, V_new, Q
-        LB = L * B
+        if weighted:
+            old = None if U is None else (U, V)
+            f, keep = weighted_objectives(problem, M, (U_new, V_new), old, R)
+        else:
+            f, keep = weighted_error(problem, M, outer(U_new, V_new), out=R), False
+        if not keep:  # (keep: an inexact, randomized SVD must never undo descent)
+            U, V = U_new, V_new
+            L = None if r == 1 else outer(U, V)  # formed once, used twice for rank > 1
+        Q_prev = Q
+        LB[...] = B
+        multiply_by_lowrank(LB, U, V, L)  # L ⊙ B for the next sparse step
         history.append(f)
         problem.report(it + 1, f)
         if problem.stalled(history):
             converged = True
             message = f"relative objective change <= tol = {problem.tol:g}"
             break
-    S = work
-    S[...] = W
-    S -= LB_kept
-    S *= mask
+    S = SE
     return Decomposition(
         S=S,
         mask=mask,
         U=U,
         V=V,
-        B=positive,
+        B=B,
         history=history,
         converged=converged,
         message=message,
