@@ -25,21 +25,23 @@ def sign_pm1(x: Any) -> Any:
     return xp.where(is_positive(x), one, -one)
 
 
+def pm1_into(positive: Any, out: Any) -> Any:
+    """``out`` ← the ±1 matrix of the boolean "is +1" matrix ``positive``, in place."""
+    out[...] = positive
+    out *= 2
+    out -= 1
+    return out
+
+
 def pm1_from_positive(positive: Any, dtype: Any) -> Any:
     """The ±1 matrix (in ``dtype``) of a boolean "is +1" matrix."""
     xp = bk.namespace(positive)
-    B = xp.astype(positive, dtype)
-    B *= 2
-    B -= 1
-    return B
+    return pm1_into(positive, xp.empty(positive.shape, dtype=dtype, device=bk.device(positive)))
 
 
 def sign_pm1_into(x: Any, out: Any) -> Any:
     """``out`` ← sign(x) with sign(0) = +1, in place (``out`` is a float array shaped like x)."""
-    out[...] = is_positive(x)
-    out *= 2
-    out -= 1
-    return out
+    return pm1_into(is_positive(x), out)
 
 
 def pack_signs(b: Any) -> Any:

@@ -150,9 +150,9 @@ def svd_target(problem: Problem, RB, *, weighted: bool = True, overwrite: bool =
     return RB * problem.d
 
 
-def lowrank_factors(
+def lowrank_step(
     problem: Problem,
-    M,
+    RB,
     rank: int,
     *,
     weighted: bool = True,
@@ -161,13 +161,16 @@ def lowrank_factors(
     power_iters: int = 2,
     seed: int = 0,
     start=None,
+    overwrite: bool = False,
 ):
-    """Factors of L = SVD_r(M) D⁻¹ (weighted) or SVD_r(M) (paper) for the SVD target M.
+    """L = SVD_r((R ⊙ B) D) D⁻¹ (P3; ``weighted=False``: L = SVD_r(R ⊙ B)), as factors.
 
     Returns (U, V, Q): L = U Vᵀ with U = P Σ^½, V = D⁻¹ Q Σ^½ (columns of dead inputs are 0),
-    and Q, the right singular vectors, to warm-start the next sketch.
+    and Q, the right singular vectors, to warm-start the next sketch. ``overwrite=True`` turns
+    ``RB`` into the SVD target M of :func:`svd_target` in place.
     """
     xp = problem.xp
+    M = svd_target(problem, RB, weighted=weighted, overwrite=overwrite)
     P, s, Q = truncated_svd(
         M,
         rank,
@@ -182,37 +185,6 @@ def lowrank_factors(
     if weighted:
         V = V * xp.reshape(problem.d_inv, (-1, 1))
     return P * root, V, Q
-
-
-def lowrank_step(
-    problem: Problem,
-    RB,
-    rank: int,
-    *,
-    weighted: bool = True,
-    svd: str = "exact",
-    oversample: int = 10,
-    power_iters: int = 2,
-    seed: int = 0,
-    start=None,
-):
-    """L = SVD_r((R ⊙ B) D) D⁻¹ (P3; ``weighted=False``: L = SVD_r(R ⊙ B)), as factors.
-
-    Returns (U, V, Q): L = U Vᵀ with U = P Σ^½, V = D⁻¹ Q Σ^½ (columns of dead inputs are 0),
-    and Q, the right singular vectors, to warm-start the next sketch.
-    """
-    M = svd_target(problem, RB, weighted=weighted)
-    return lowrank_factors(
-        problem,
-        M,
-        rank,
-        weighted=weighted,
-        svd=svd,
-        oversample=oversample,
-        power_iters=power_iters,
-        seed=seed,
-        start=start,
-    )
 
 
 @register_method(
@@ -275,10 +247,9 @@ def alternating(
             sign_pm1_into(multiply_by_lowrank(LB, U, V, L), B)
         LB[...] = R
         LB *= B
-        M = svd_target(problem, LB, weighted=weighted, overwrite=True)
-        U_new, V_new, Q = lowrank_factors(  # low-rank step (P3)
+        U_new, V_new, Q = lowrank_step(  # low-rank step (P3); LB becomes M
             problem,
-            M,
+            LB,
             r,
             weighted=weighted,
             svd=svd,
@@ -286,7 +257,9 @@ def alternating(
             power_iters=power_iters,
             seed=problem.seed + it,
             start=Q_prev if warm_start else None,
+            overwrite=True,
         )
+        M = LB  # (R ⊙ B) D, or R ⊙ B for the paper variant
         if weighted:
             old = None if U is None else (U, V)
             f, keep = weighted_objectives(problem, M, (U_new, V_new), old, R)
