@@ -8,11 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _backend as bk
+from ._validation import as_matrix, check_int, check_real, resolve_activations
 from .budget import budget as make_budget
-from .budget import check_int, storage_bits
+from .budget import storage_bits
 from .linalg import outer
 from .objective import diagonal_objective, full_objective
-from .problem import Problem, as_matrix, check_real, resolve_activations
+from .problem import Problem
 from .registry import get_method
 from .result import SolveResult, SparseMatrix
 from .signs import pack_signs, pm1_from_positive

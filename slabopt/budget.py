@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ._validation import check_int, check_ratio
 from .patterns import Pattern, parse_pattern
 
 COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset"})
@@ -100,16 +101,6 @@ def storage_bits(
     )
 
 
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = value.__index__()  # type: ignore[attr-defined]
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
-
-
 def budget(
     shape: tuple[int, int],
     ratio: float | None = 0.5,
@@ -159,10 +150,7 @@ def budget(
     if pat.kind == "nm" and n % pat.m != 0:
         raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
-            raise TypeError(f"ratio must be a float in (0, 1), got {type(ratio).__name__}")
-        if not math.isfinite(ratio) or not 0 < ratio < 1:
-            raise ValueError(f"ratio must be in the open interval (0, 1), got {ratio}")
+        ratio = check_ratio("ratio", ratio)
     elif pat.kind != "nm" and "sparse" in components:
         raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
 

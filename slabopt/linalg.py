@@ -14,6 +14,16 @@ from typing import Any
 from . import _backend as bk
 
 SVD_METHODS = ("auto", "exact", "randomized")
+DEFAULT_DAMPING = 0.01
+
+
+def damped_gram(gram: Any, damping: float = DEFAULT_DAMPING) -> Any:
+    """H = G + λ·mean(diag G)·I for the undamped Gram matrix G = XᵀX."""
+    xp = bk.namespace(gram)
+    diag = xp.linalg.diagonal(gram)
+    n = gram.shape[0]
+    eye = xp.eye(n, dtype=gram.dtype, device=bk.device(gram))
+    return gram + damping * xp.mean(diag) * eye
 
 
 def outer(U: Any, V: Any) -> Any:

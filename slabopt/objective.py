@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from . import _backend as bk
-
-DEFAULT_DAMPING = 0.01
+from ._validation import as_matrix, resolve_activations
+from .linalg import DEFAULT_DAMPING, damped_gram
 
 
 class Objectives(NamedTuple):
@@ -22,15 +22,6 @@ def diagonal_objective(E: Any, d: Any) -> float:
     """f = Σ_ij d_j² E_ij² for the error E = W − Ŵ."""
     xp = bk.namespace(E)
     return bk.to_float(xp.sum((E * d) ** 2))
-
-
-def damped_gram(gram: Any, damping: float = DEFAULT_DAMPING) -> Any:
-    """H = G + λ·mean(diag G)·I for the undamped Gram matrix G = XᵀX."""
-    xp = bk.namespace(gram)
-    diag = xp.linalg.diagonal(gram)
-    n = gram.shape[0]
-    eye = xp.eye(n, dtype=gram.dtype, device=bk.device(gram))
-    return gram + damping * xp.mean(diag) * eye
 
 
 def full_objective(E: Any, gram: Any, damping: float = DEFAULT_DAMPING) -> float:
@@ -55,8 +46,6 @@ def objective(
     (undamped). ``full`` is ``None`` when only d is known. With ``X=None`` and no statistics the
     diagonal objective is unweighted (d = 1).
     """
-    from .problem import as_matrix, resolve_activations
-
     W_ = as_matrix("W", W)
     xp = bk.namespace(W_)
     Wc = xp.astype(W_, bk.compute_dtype(xp, W_))

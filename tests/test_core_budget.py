@@ -81,7 +81,7 @@ def test_components_change_accounting():
         ({"ratio": 0.0}, ValueError, r"open interval \(0, 1\)"),
         ({"ratio": 1.0}, ValueError, r"open interval"),
         ({"ratio": float("nan")}, ValueError, r"open interval"),
-        ({"ratio": "0.5"}, TypeError, "ratio must be a float"),
+        ({"ratio": "0.5"}, TypeError, r"ratio must be a number in \(0, 1\), got str"),
         ({"rank": -1}, ValueError, r"rank must be in \[0, 10\]"),
         ({"rank": 11}, ValueError, r"rank must be in \[0, 10\]"),
         ({"rank": 2.5}, TypeError, "rank must be an integer"),

@@ -81,3 +81,55 @@ def test_zero_activation_columns_and_constant_rows():
 def test_integer_lists_are_accepted_as_float64():
     res = slabopt.solve(W.round().tolist(), None, rank=1)
     assert res.reconstruct().dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0.0, ValueError, r"ratio must be a finite number in the open interval \(0, 1\), got 0.0"),
+        (1, ValueError, r"open interval \(0, 1\), got 1"),
+        (-0.2, ValueError, r"open interval \(0, 1\)"),
+        (float("nan"), ValueError, r"open interval \(0, 1\)"),
+        (float("inf"), ValueError, r"open interval \(0, 1\)"),
+        (True, TypeError, r"ratio must be a number in \(0, 1\), got bool"),
+        ("0.5", TypeError, r"ratio must be a number in \(0, 1\), got str"),
+    ],
+)
+def test_check_ratio_rejects(value, error, match):
+    from slabopt._validation import check_ratio
+
+    with pytest.raises(error, match=match) as exc:
+        check_ratio("ratio", value)
+    assert "\n" not in str(exc.value)
+
+
+def test_check_ratio_accepts_and_returns_float():
+    from slabopt._validation import check_ratio
+
+    assert check_ratio("ratio", 0.25) == 0.25 and type(check_ratio("r", np.float32(0.5))) is float
+
+
+def test_validation_helpers_live_in_one_module():
+    import slabopt.api
+    import slabopt.budget
+    import slabopt.objective
+    import slabopt.problem
+    from slabopt import _validation as v
+
+    assert v.check_int("k", 3, 0, 5) == 3 and v.check_real("t", 1, 0.0) == 1.0
+    assert v.check_choice("mode", "a", ("a", "b")) == "a"
+    for name in ("check_int", "check_real", "check_choice", "as_matrix", "resolve_activations"):
+        for module in (slabopt.api, slabopt.budget, slabopt.problem, slabopt.objective):
+            if hasattr(module, name):
+                assert getattr(module, name) is getattr(v, name), (module.__name__, name)
+
+
+def test_objective_and_problem_do_not_import_each_other():
+    import ast
+    from pathlib import Path
+
+    root = Path(slabopt.__file__).parent
+    for src, other in (("objective.py", "problem"), ("problem.py", "objective")):
+        tree = ast.parse((root / src).read_text())
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert other not in names, f"{src} imports .{other}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _backend as bk
+from ..linalg import damped_gram
 from ..patterns import select_mask
 from ..problem import Problem
 
@@ -37,8 +38,6 @@ def hessian_or_diag(problem: Problem) -> Any:
     xp = problem.xp
     if problem.hessian is not None:
         return problem.hessian
-    from ..objective import damped_gram
-
     d2 = problem.d * problem.d
     return damped_gram(xp.eye(d2.shape[0], dtype=d2.dtype, device=bk.device(d2)) * d2,
                        problem.damping)

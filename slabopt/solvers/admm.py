@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 
 from .. import _backend as bk
-from ..budget import check_int
+from .._validation import check_choice, check_int, check_real
 from ..linalg import truncated_svd
 from ..patterns import select_mask
-from ..problem import Decomposition, Problem, check_choice, check_real
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ..signs import sign_pm1
 from ._util import hessian_or_diag

@@ -16,10 +16,10 @@ The loop works in four reused m×n buffers and evaluates f from the factors (see
 from __future__ import annotations
 
 from .. import _backend as bk
-from ..budget import check_int
+from .._validation import check_choice, check_int
 from ..linalg import SVD_METHODS, outer, truncated_svd
 from ..patterns import select_mask
-from ..problem import Decomposition, Problem, check_choice
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ..signs import sign_pm1, sign_pm1_into
 

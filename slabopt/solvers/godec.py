@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 
 from .. import _backend as bk
-from ..budget import check_int
-from ..problem import Decomposition, Problem, check_real
+from .._validation import check_int, check_real
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ._util import sparse_from_scores
 

@@ -11,9 +11,9 @@ the objective is ≤ ``tol``.
 from __future__ import annotations
 
 from .. import _backend as bk
-from ..budget import check_int
+from .._validation import check_choice, check_int
 from ..linalg import SVD_METHODS, truncated_svd
-from ..problem import Decomposition, Problem, check_choice
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ._util import sparse_from_scores
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 
 from .. import _backend as bk
-from ..budget import check_int, storage_bits
-from ..problem import Decomposition, Problem, check_real
+from .._validation import check_int, check_real
+from ..budget import storage_bits
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ._util import f_value, sparse_from_scores
 

@@ -18,9 +18,10 @@ SVD with a no-ascent guard), so f never increases.
 from __future__ import annotations
 
 from .. import _backend as bk
+from .._validation import check_choice
 from ..linalg import SVD_METHODS, truncated_svd
 from ..patterns import select_mask
-from ..problem import Decomposition, Problem, check_choice
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ..signs import sign_pm1
 

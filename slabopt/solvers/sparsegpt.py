@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as bk
-from ..budget import check_int
+from .._validation import check_int
 from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ._util import f_value, hessian_or_diag

@@ -10,8 +10,9 @@ the exact minimiser of f over rank r*: L = SVD_r(W D) D⁻¹ (as in ASVD/SVD-LLM
 from __future__ import annotations
 
 from .. import _backend as bk
+from .._validation import check_choice
 from ..linalg import SVD_METHODS, truncated_svd
-from ..problem import Decomposition, Problem, check_choice
+from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ._util import f_value, max_rank_for_ratio
 
