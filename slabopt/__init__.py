@@ -15,6 +15,7 @@ from .quantize import two_level_quantize
 from .registry import methods, register_method
 from .result import SolveResult, SparseMatrix
 from .signs import pack_signs, unpack_signs
+from .weight import dense_weight
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "SparseMatrix",
     "__version__",
     "budget",
+    "dense_weight",
     "methods",
     "objective",
     "pack_signs",

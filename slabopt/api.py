@@ -11,12 +11,12 @@ from . import _backend as bk
 from ._validation import as_matrix, check_int, check_real, resolve_activations
 from .budget import budget as make_budget
 from .budget import storage_bits
-from .linalg import outer
 from .objective import diagonal_objective, full_objective
 from .problem import Problem
 from .registry import get_method
 from .result import SolveResult, SparseMatrix
-from .signs import pack_signs, pm1_from_positive
+from .signs import pack_signs
+from .weight import dense_weight
 
 
 def _check_options(info: Any, options: dict) -> None:
@@ -166,28 +166,12 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         sparse = SparseMatrix.from_mask(xp.zeros_like(W), no_entries)
     else:
         sparse = SparseMatrix.from_mask(dec.S, dec.mask)
-    W_hat = sparse.to_dense()
-    if dec.U is not None:
-        L = outer(dec.U, dec.V)
-        if dec.B is not None:
-            L *= dec.B if dec.B.dtype != xp.bool else pm1_from_positive(dec.B, L.dtype)
-        W_hat += L
-    levels = dec.info.get("levels") if dec.info else None  # two-level code (low, high) per row
-    if levels is not None:
-        W_hat = W_hat + xp.where(dec.B, xp.reshape(levels[1], (-1, 1)), xp.reshape(levels[0], (-1, 1)))
-    offset = dec.info.get("row_offset") if dec.info else None  # per-row offset c (m values)
-    if offset is not None:
-        W_hat = W_hat + xp.reshape(offset, (-1, 1))
+    W_hat = dense_weight(sparse.to_dense(), U=dec.U, V=dec.V, B=dec.B, levels=dec.levels,
+                         row_offset=dec.row_offset)
     rank = 0 if dec.U is None else int(dec.U.shape[1])
-    bits = storage_bits(
-        (m, n),
-        sparse.nnz,
-        rank,
-        bud.value_bits,
-        bud.index_bits,
-        dec.B is not None,
-        (0 if levels is None else 2) + (0 if offset is None else 1),
-    )
+    row_values = (0 if dec.levels is None else 2) + (0 if dec.row_offset is None else 1)
+    bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None,
+                        row_values)
     scale2 = problem.d_scale**2
     E = W - W_hat
     gram = problem.gram
@@ -213,4 +197,6 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         wall_time=time.perf_counter() - start,
         dtype=dtype,
         info=dec.info,
+        levels=dec.levels,
+        row_offset=dec.row_offset,
     )

@@ -85,8 +85,11 @@ class Decomposition:
     """What a solver returns; ``solve`` turns it into a :class:`slabopt.SolveResult`.
 
     ``S`` is dense (m×n, zero off ``mask``), ``U`` (m×r) and ``V`` (n×r) give L = U Vᵀ, ``B`` is
-    the dense ±1 matrix or a boolean matrix (True = +1); parts a method does not store are
-    ``None``. ``history`` holds the objective it minimises after each iteration.
+    the dense ±1 matrix or a boolean matrix (True = +1); ``levels`` (2×m: row 0 low, row 1 high)
+    is a per-row two-level code picked by B (True = high), ``row_offset`` (m) a per-row offset c;
+    parts a method does not store are ``None``. Together they give Ŵ =
+    :func:`slabopt.dense_weight` (S, U, V, B, levels, row_offset). ``history`` holds the objective
+    the method minimises after each iteration.
     """
 
     S: Any = None
@@ -94,6 +97,8 @@ class Decomposition:
     U: Any = None
     V: Any = None
     B: Any = None
+    levels: Any = None
+    row_offset: Any = None
     history: list[float] = field(default_factory=list)
     converged: bool = True
     message: str = ""

@@ -8,6 +8,7 @@ from typing import Any
 from . import _backend as bk
 from .budget import Budget
 from .signs import unpack_signs
+from .weight import dense_weight
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,17 @@ class SparseMatrix:
 
 @dataclass
 class SolveResult:
-    """Result of :func:`slabopt.solve`: Ŵ = S + (U Vᵀ) ⊙ B and how well and how cheaply it fits.
+    """Result of :func:`slabopt.solve`: Ŵ = S + (U Vᵀ) ⊙ B (+ a two-level code or a per-row offset)
+    and how well and how cheaply it fits.
 
     Attributes
     ----------
     method : the solver's registered name
     sparse : :class:`SparseMatrix` S (``nnz`` = 0 for methods without a sparse part)
     U, V : factors of L = U Vᵀ, m×r and n×r (``None`` without a low-rank part)
+    levels : two-level code, 2×m (row 0 low, row 1 high value of each row, picked by B = +1 for
+        high), ``None`` unless the method stores one ("two_level")
+    row_offset : per-row offset c (m values) added as c·1ᵀ, ``None`` unless stored ("slab_offset")
     signs_packed : B packed 8 signs per byte, m×ceil(n/8) uint8 (``None`` when B is not stored);
         see :func:`slabopt.signs.unpack_signs` and :meth:`signs`
     bits, ratio : achieved storage in bits and fraction of dense storage removed (SPEC §2)
@@ -96,6 +101,8 @@ class SolveResult:
     wall_time: float
     dtype: Any
     info: dict = field(default_factory=dict)
+    levels: Any = None
+    row_offset: Any = None
 
     @property
     def ratio(self) -> float:
@@ -127,21 +134,10 @@ class SolveResult:
         return self.U @ self._xp().matrix_transpose(self.V)
 
     def reconstruct(self, dtype: Any = None) -> Any:
-        """Ŵ = S + L ⊙ B in the caller's library and device, cast to W's dtype by default."""
-        xp = self._xp()
-        W_hat = self.sparse.to_dense()
-        L = self.low_rank()
-        if L is not None:
-            B = self.signs()
-            W_hat = W_hat + (L if B is None else L * B)
-        levels = self.info.get("levels")  # two-level code: row i holds low_i / high_i
-        if levels is not None:
-            W_hat = W_hat + xp.where(self.signs() > 0, xp.reshape(levels[1], (-1, 1)),
-                                     xp.reshape(levels[0], (-1, 1)))
-        offset = self.info.get("row_offset")  # per-row offset c
-        if offset is not None:
-            W_hat = W_hat + xp.reshape(offset, (-1, 1))
-        return xp.astype(W_hat, self.dtype if dtype is None else dtype)
+        """Ŵ = :func:`slabopt.dense_weight` of the stored parts, cast to W's dtype by default."""
+        W_hat = dense_weight(self.sparse.to_dense(), U=self.U, V=self.V, B=self.signs(),
+                             levels=self.levels, row_offset=self.row_offset)
+        return self._xp().astype(W_hat, self.dtype if dtype is None else dtype)
 
     def __repr__(self) -> str:
         m, n = self.shape

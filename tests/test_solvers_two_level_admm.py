@@ -23,7 +23,7 @@ def test_two_level_bits_monotone_and_levels():
     assert res.ratio >= 0.5
     h = np.array(res.history)
     assert np.all(np.diff(h) <= 1e-12 * h[0])
-    low, high = res.info["levels"]
+    low, high = res.levels
     assert np.all(low <= high)
     np.testing.assert_allclose(res.reconstruct(), slabopt.solve(
         W, X, ratio=0.5, method="two_level", tol=0).reconstruct())

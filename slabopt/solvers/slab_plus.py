@@ -88,9 +88,9 @@ def _run(problem: Problem, *, offset: bool, init: str, svd: str) -> Decompositio
             converged, message = True, f"relative objective change <= tol = {problem.tol:g}"
             break
     S = xp.where(mask, W - c - LB, zero)
-    info = {"row_offset": xp.reshape(c, (-1,))} if offset else {}
     return Decomposition(S=S, mask=mask, U=U, V=V, B=None if U is None else B >= 0,
-                         history=history, converged=converged, message=message, info=info)
+                         row_offset=xp.reshape(c, (-1,)) if offset else None,
+                         history=history, converged=converged, message=message)
 
 
 @register_method(

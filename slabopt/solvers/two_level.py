@@ -9,8 +9,8 @@ from T = 0, two exact block minimisations of f = ‖(W − S − T)D‖_F²:
    absorbed exactly by S, so T is the exact weighted two-level quantiser (Lemma 1,
    :func:`slabopt.two_level_quantize`) of each row of W with weights d_j² off the mask and 0 on it.
 
-Both steps are exact, so f never increases. The levels are returned in ``info["levels"]`` and
-``B`` (True = high) is the stored bit matrix.
+Both steps are exact, so f never increases. The levels are returned as the 2×m array
+``levels`` (row 0 low, row 1 high) and ``B`` (True = high) is the stored bit matrix.
 """
 
 from __future__ import annotations
@@ -50,4 +50,4 @@ def two_level(problem: Problem) -> Decomposition:
             break
     S = xp.where(mask, W - T, zero)
     return Decomposition(S=S, mask=mask, B=is_high, history=history, converged=converged,
-                         message=message, info={"levels": (low, high)})
+                         message=message, levels=xp.stack([low, high]))

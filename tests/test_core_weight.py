@@ -1,0 +1,85 @@
+"""One representation of Ŵ: slabopt.dense_weight, used by solve and SolveResult.reconstruct."""
+
+import numpy as np
+import pytest
+
+import slabopt
+from slabopt import dense_weight
+
+rng = np.random.default_rng(11)
+W = rng.standard_t(4, size=(12, 16)) + rng.standard_normal((12, 1))
+X = rng.standard_normal((40, 16))
+
+
+def by_hand(S, U=None, V=None, B=None, levels=None, row_offset=None):
+    """Ŵ = S + (U Vᵀ) ⊙ B + where(B, high, low) + c·1ᵀ written out in NumPy."""
+    W_hat = S.copy()
+    if U is not None:
+        W_hat += (U @ V.T) * (1 if B is None else B)
+    if levels is not None:
+        W_hat += np.where(B > 0, levels[1][:, None], levels[0][:, None])
+    if row_offset is not None:
+        W_hat += row_offset[:, None]
+    return W_hat
+
+
+def test_each_term_only_when_given():
+    S = rng.standard_normal((4, 6))
+    U, V = rng.standard_normal((4, 2)), rng.standard_normal((6, 2))
+    B = np.where(rng.random((4, 6)) < 0.5, -1.0, 1.0)
+    levels, c = rng.standard_normal((2, 4)), rng.standard_normal(4)
+    np.testing.assert_array_equal(dense_weight(S), S)
+    np.testing.assert_allclose(dense_weight(S, U=U, V=V), S + U @ V.T)
+    np.testing.assert_allclose(dense_weight(S, U=U, V=V, B=B), by_hand(S, U, V, B))
+    np.testing.assert_allclose(dense_weight(S, U=U, V=V, B=B > 0), by_hand(S, U, V, B))
+    np.testing.assert_allclose(dense_weight(S, B=B, levels=levels), by_hand(S, B=B, levels=levels))
+    np.testing.assert_allclose(dense_weight(S, B=B > 0, levels=levels, row_offset=c),
+                               by_hand(S, B=B, levels=levels, row_offset=c))
+    np.testing.assert_allclose(dense_weight(S, row_offset=c), S + c[:, None])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"U": np.ones((4, 1))}, "U and V"), ({"levels": np.ones((2, 4))}, "levels need B")],
+)
+def test_incomplete_parts_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dense_weight(np.zeros((4, 6)), **kwargs)
+
+
+def test_torch_matches_numpy():
+    torch = pytest.importorskip("torch")
+    S, U, V = rng.standard_normal((4, 6)), rng.standard_normal((4, 1)), rng.standard_normal((6, 1))
+    B, levels, c = rng.random((4, 6)) < 0.5, rng.standard_normal((2, 4)), rng.standard_normal(4)
+    t = {k: torch.from_numpy(v) for k, v in dict(U=U, V=V, B=B, levels=levels, row_offset=c).items()}
+    got = dense_weight(torch.from_numpy(S), **t)
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), dense_weight(S, U=U, V=V, B=B, levels=levels, row_offset=c))
+
+
+@pytest.mark.parametrize("method", sorted(slabopt.methods()))
+def test_reconstruct_is_dense_weight_of_the_parts(method):
+    res = slabopt.solve(W, X, ratio=0.5, rank=2, method=method, max_iter=3)
+    parts = dict(U=res.U, V=res.V, B=res.signs(), levels=res.levels, row_offset=res.row_offset)
+    S = res.sparse.to_dense()
+    np.testing.assert_array_equal(res.reconstruct(), dense_weight(S, **parts))
+    np.testing.assert_allclose(res.reconstruct(), by_hand(S, **parts), rtol=1e-12, atol=1e-12)
+    assert res.objective == pytest.approx(slabopt.objective(W, res.reconstruct(), X).diagonal, rel=1e-9)
+
+
+def test_two_level_result_carries_levels():
+    res = slabopt.solve(W, X, ratio=0.5, method="two_level")
+    assert tuple(res.levels.shape) == (2, W.shape[0]) and res.row_offset is None
+    assert np.all(res.levels[0] <= res.levels[1])
+    assert "levels" not in res.info
+
+
+def test_slab_offset_result_carries_row_offset_and_it_matters():
+    res = slabopt.solve(W, X, ratio=0.5, rank=1, method="slab_offset")
+    assert tuple(res.row_offset.shape) == (W.shape[0],) and res.levels is None
+    S = res.sparse.to_dense()
+    full = dense_weight(S, U=res.U, V=res.V, B=res.signs(), row_offset=res.row_offset)
+    dropped = dense_weight(S, U=res.U, V=res.V, B=res.signs())
+    np.testing.assert_array_equal(res.reconstruct(), full)
+    assert np.max(np.abs(full - dropped)) > 1e-3
+    assert slabopt.objective(W, dropped, X).diagonal > 1.01 * res.objective
