@@ -59,12 +59,16 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _as_array(name: str, x: Any) -> Any:
-    """``x`` itself when it is a NumPy/PyTorch/CuPy array, else ``numpy.asarray(x)`` (ints → float64)."""
+    """``x`` as a NumPy/PyTorch/CuPy array: array-likes through ``numpy.asarray`` (ints → float64),
+    tensors that require grad detached from their autograd graph (no copy)."""
     try:
-        bk.library_name(x)
-        return x
+        library = bk.library_name(x)
     except TypeError:
-        pass
+        library = None
+    if library == "torch" and x.requires_grad:
+        return x.detach()
+    if library is not None:
+        return x
     try:
         x = np.asarray(x)
     except Exception as exc:

@@ -76,3 +76,38 @@ def test_cupy_matches_numpy():
     b = slabopt.solve(cupy.asarray(W), cupy.asarray(X), rank=4, svd="exact")
     assert isinstance(b.U, cupy.ndarray)
     assert rel(cupy.asnumpy(b.reconstruct()), a.reconstruct()) < 1e-5
+
+
+def _tensors(res):
+    parts = [res.U, res.V, res.levels, res.row_offset, res.sparse.values, res.reconstruct()]
+    return [t for t in parts if t is not None]
+
+
+@pytest.mark.parametrize("method", ["alternating", "slab_offset", "two_level", "rpca", "admm"])
+def test_inputs_that_require_grad_are_detached(method):
+    gen = torch.Generator().manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(8, 12, dtype=torch.float64, generator=gen))
+    X = torch.randn(30, 12, dtype=torch.float64, generator=gen, requires_grad=True)
+    res = slabopt.solve(W, X, rank=1, ratio=0.4, method=method, max_iter=3)
+    assert [t.requires_grad for t in _tensors(res)] == [False] * len(_tensors(res))
+    assert W.grad is None and W.requires_grad  # the caller's tensor is left as it was
+
+
+def test_objective_of_tensors_that_require_grad(monkeypatch):
+    from slabopt import _backend
+
+    plain = _backend.to_float
+
+    def to_float(value):
+        assert not value.requires_grad, "objective() evaluated a tensor inside an autograd graph"
+        return plain(value)
+
+    monkeypatch.setattr(_backend, "to_float", to_float)
+    W = torch.nn.Parameter(torch.randn(8, 12, dtype=torch.float64))
+    X = torch.randn(30, 12, dtype=torch.float64, requires_grad=True)
+    objs = slabopt.objective(W, W * 0.5, X)
+    E = 0.5 * W.detach()
+    assert objs.diagonal == pytest.approx(float(((E * X.detach().norm(dim=0)) ** 2).sum()), rel=1e-12)
+    G = X.detach().T @ X.detach()
+    H = G + 0.01 * G.diagonal().mean() * torch.eye(12, dtype=torch.float64)
+    assert objs.full == pytest.approx(float(((E @ H) * E).sum()), rel=1e-12)
