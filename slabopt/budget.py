@@ -101,6 +101,51 @@ def storage_bits(
     )
 
 
+def max_rank_for_ratio(
+    shape: tuple[int, int],
+    ratio: float,
+    value_bits: int = 16,
+    *,
+    binary: bool = False,
+    row_values: int = 0,
+) -> int | None:
+    """Largest r ≤ min(m, n) with bits(k = 0, r) ≤ (1 − ratio)·b·m·n, or ``None`` if even r = 0 fails.
+
+    bits(0, r) = b·r·(m + n) + [binary and r > 0]·m·n + b·row_values·m (B is only stored with a
+    low-rank part); computed exactly in fractions.
+    """
+    m, n = shape
+    allowed = (1 - Fraction(ratio)) * value_bits * m * n
+    per_row = value_bits * row_values * m
+    r = math.floor((allowed - per_row - (m * n if binary else 0)) / (value_bits * (m + n)))
+    if r >= 1:
+        return min(r, m, n)
+    return 0 if per_row <= allowed else None
+
+
+def _at_most(x: Fraction) -> str:
+    """x > 0 written with at least 6 decimals, rounded down (the number shown never exceeds x)."""
+    digits = 6
+    while math.floor(x * 10**digits) == 0:
+        digits += 1
+    q = math.floor(x * 10**digits)
+    return f"{q // 10**digits}.{q % 10**digits:0{digits}d}"
+
+
+def _infeasible_message(shape: tuple[int, int], ratio: float, rank: int, binary: bool,
+                        best: Fraction, largest: int | None) -> str:
+    """Why ``ratio`` is out of reach and what to ask for instead (only values in (0, 1) or ranks)."""
+    head = (f"ratio {ratio} is not reachable for shape {shape} with rank {rank}"
+            f"{' and a 1-bit sign matrix' if binary else ''}: ")
+    lower = f"lower the rank to at most {largest} for ratio {ratio}" if largest is not None else ""
+    if best <= 0:
+        cost = "these fixed parts alone cost at least as much as the dense matrix"
+        return head + cost + "; " + (lower or "no rank reaches any ratio in (0, 1) with this method")
+    shown = _at_most(best)
+    return (head + f"the largest reachable ratio is {shown} (no sparse values at all); ask for "
+            f"ratio <= {shown}" + (f", or {lower}" if lower else ""))
+
+
 def budget(
     shape: tuple[int, int],
     ratio: float | None = 0.5,
@@ -159,12 +204,10 @@ def budget(
     if ratio is not None:
         spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
         if spare < 0:
-            best = float(1 - Fraction(fixed, dense))
-            raise InfeasibleBudgetError(
-                f"ratio {ratio} is not reachable for shape {(m, n)} with rank {rank}"
-                f"{' and a 1-bit sign matrix' if binary else ''}: the largest reachable ratio is "
-                f"{best:.6f} (no sparse values at all); ask for ratio <= {best:.6f} or a smaller rank"
-            )
+            largest = max_rank_for_ratio((m, n), ratio, value_bits, binary="binary" in components,
+                                         row_values=row_values) if has_lowrank else None
+            raise InfeasibleBudgetError(_infeasible_message((m, n), ratio, rank, binary,
+                                                            1 - Fraction(fixed, dense), largest))
     if "sparse" not in components:
         nnz, per_row = 0, 0
     elif pat.kind == "nm":

@@ -1,7 +1,9 @@
 """Exact bit budgets (SPEC §2)."""
 
+import re
 from fractions import Fraction
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -56,6 +58,44 @@ def test_infeasible_names_largest_reachable_ratio():
     assert budget((64, 64), 0.95, 0).nnz == 192
     with pytest.raises(InfeasibleBudgetError, match="rank 64"):
         budget((64, 64), 0.5, 64)
+
+
+def test_infeasible_at_any_ratio_asks_for_a_lower_rank():
+    W = np.random.default_rng(0).standard_normal((64, 96))
+    # rank 64 costs 16·64·160 + 64·96 bits > 16·64·96: no ratio in (0, 1) is reachable;
+    # rank 16 fits ratio 0.5 (47104 <= 49152 bits), rank 17 does not (49664)
+    with pytest.raises(InfeasibleBudgetError) as exc:
+        slabopt.solve(W)
+    message = str(exc.value)
+    assert "-0." not in message and "ratio <=" not in message
+    assert "lower the rank to at most 16" in message
+    assert budget((64, 96), 0.5, 16).nnz >= 0
+    with pytest.raises(InfeasibleBudgetError):
+        budget((64, 96), 0.5, 17)
+
+
+def suggested(message):
+    ratio = re.search(r"ratio <= ([0-9.e-]+)", message)
+    rank = re.search(r"at most (\d+)", message)
+    return (None if ratio is None else float(ratio.group(1)), None if rank is None else int(rank.group(1)))
+
+
+@given(m=st.integers(1, 40), n=st.integers(1, 40), ratio=st.floats(0.01, 0.99),
+       rank_frac=st.floats(0, 1), b=st.sampled_from([2, 4, 8, 16]))
+def test_infeasible_message_suggests_only_reachable_values(m, n, ratio, rank_frac, b):
+    rank = round(rank_frac * min(m, n))
+    try:
+        budget((m, n), ratio, rank, value_bits=b)
+    except InfeasibleBudgetError as exc:
+        best, largest = suggested(str(exc))
+        assert best is not None or largest is not None
+        if best is not None:
+            assert 0 < best < 1 and budget((m, n), best, rank, value_bits=b).ratio >= best
+        if largest is not None:
+            assert 0 <= largest < rank and budget((m, n), ratio, largest, value_bits=b).ratio >= ratio
+            if largest + 1 < rank:
+                with pytest.raises(InfeasibleBudgetError):
+                    budget((m, n), ratio, largest + 1, value_bits=b)
 
 
 def test_nm_pattern_fixes_nnz_and_reports_ratio():

@@ -24,15 +24,6 @@ def sparse_from_scores(problem: Problem, values: Any, scores: Any) -> tuple[Any,
     return xp.where(mask, values, xp.zeros_like(values)), mask
 
 
-def max_rank_for_ratio(shape: tuple[int, int], ratio: float, value_bits: int) -> int:
-    """Largest r with b·r·(m + n) ≤ (1 − ratio)·b·m·n, i.e. the largest pure low-rank fit."""
-    from fractions import Fraction
-
-    m, n = shape
-    r = int((1 - Fraction(ratio)) * m * n // (m + n))
-    return max(0, min(r, m, n))
-
-
 def hessian_or_diag(problem: Problem) -> Any:
     """Damped H of the problem; with only d known, the diagonal H = diag(d²) (+ damping)."""
     xp = problem.xp

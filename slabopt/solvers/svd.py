@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from .. import _backend as bk
 from .._validation import check_choice
+from ..budget import max_rank_for_ratio
 from ..linalg import SVD_METHODS, truncated_svd
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import f_value, max_rank_for_ratio
+from ._util import f_value
 
 
 @register_method(
