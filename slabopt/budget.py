@@ -124,12 +124,17 @@ def max_rank_for_ratio(
 
 
 def _at_most(x: Fraction) -> str:
-    """x > 0 written with at least 6 decimals, rounded down (the number shown never exceeds x)."""
+    """x > 0 written with at least 6 decimals, rounded down so that the float it reads as is ≤ x."""
     digits = 6
-    while math.floor(x * 10**digits) == 0:
+    while True:
+        q = math.floor(x * 10**digits)
+        text = f"{q // 10**digits}.{q % 10**digits:0{digits}d}"
+        if Fraction(float(text)) > x:  # the decimal is <= x but its binary float is not
+            q -= 1
+            text = f"{q // 10**digits}.{q % 10**digits:0{digits}d}"
+        if q > 0:
+            return text
         digits += 1
-    q = math.floor(x * 10**digits)
-    return f"{q // 10**digits}.{q % 10**digits:0{digits}d}"
 
 
 def _infeasible_message(shape: tuple[int, int], ratio: float, rank: int, binary: bool,
