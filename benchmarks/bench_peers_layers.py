@@ -37,7 +37,7 @@ METHODS = [
     ("two_level", "two_level", {"rank": 0}),
     ("slab_offset r=1", "slab_offset", {"rank": 1}),
     ("slab_init r=1", "slab_init", {"rank": 1}),
-    ("admm r=1", "admm", {"rank": 1, "admm_iter": 20}),
+    ("admm r=1", "admm", {"rank": 1, "max_iter": 20}),
 ]
 HISTORY_RATIO = 0.5
 

@@ -43,7 +43,7 @@ def solve(
     pattern: str = "row",
     value_bits: int = 16,
     index_bits: int = 0,
-    max_iter: int = 20,
+    max_iter: int | None = None,
     tol: float = 1e-6,
     seed: int = 0,
     col_norms: Any = None,
@@ -66,7 +66,9 @@ def solve(
     method : a registered solver name, see :func:`slabopt.methods`
     pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
     value_bits, index_bits : b and ι of the bit budget (SPEC §2)
-    max_iter, tol : iteration limit and relative objective change that stops early
+    max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
+        default (``slabopt.registry.get_method(method).default_max_iter``)
+    tol : relative objective change that stops early
     seed : seed of every random choice (randomized SVD sketches)
     damping : λ of H = XᵀX + λ·mean(diag)·I in the full objective
     callback : called as ``callback(iteration, objective)`` after each iteration
@@ -83,7 +85,7 @@ def solve(
     W_in = as_matrix("W", W)
     xp = bk.namespace(W_in)
     Wc = xp.astype(W_in, bk.compute_dtype(xp, W_in), copy=True)
-    max_iter = check_int("max_iter", max_iter, 1)
+    max_iter = info.default_max_iter if max_iter is None else check_int("max_iter", max_iter, 1)
     seed = check_int("seed", seed, 0)
     tol = check_real("tol", tol, 0.0)
     damping = check_real("damping", damping, 0.0)

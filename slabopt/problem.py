@@ -79,6 +79,18 @@ class Problem:
             history[-2], math.ulp(1.0)
         )
 
+    def record(self, history: list[float], value: float) -> bool:
+        """Append f_t to ``history``, report (t, f_t) and return whether :meth:`stalled` holds."""
+        history.append(value)
+        self.report(len(history), value)
+        return self.stalled(history)
+
+    def stop_message(self, converged: bool) -> str:
+        """Why a loop ended: the ``tol`` rule of :meth:`stalled`, or the ``max_iter`` limit."""
+        if converged:
+            return f"relative objective change <= tol = {self.tol:g}"
+        return f"max_iter = {self.max_iter} iterations reached"
+
 
 @dataclass
 class Decomposition:

@@ -11,17 +11,22 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._validation import check_int
 from .budget import COMPONENTS
+
+DEFAULT_MAX_ITER = 20
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered solver: its function, one-line description and what it stores."""
+    """A registered solver: its function, one-line description, what it stores, and its
+    iteration limit when ``solve(max_iter=None)`` (the authors' default for baselines)."""
 
     name: str
     func: Callable
     description: str
     components: frozenset[str]
+    default_max_iter: int = DEFAULT_MAX_ITER
 
     def option_names(self) -> list[str]:
         params = list(inspect.signature(self.func).parameters.values())[1:]
@@ -37,14 +42,17 @@ def register_method(
     *,
     description: str,
     components: tuple[str, ...] | frozenset[str] = ("sparse", "lowrank", "binary"),
+    max_iter: int = DEFAULT_MAX_ITER,
     overwrite: bool = False,
 ) -> Callable:
     """Register ``func`` as ``method=name`` (usable as a decorator).
 
     ``components`` says which parts the method stores and therefore how its bits are counted
-    (SPEC §2): any non-empty subset of {"sparse", "lowrank", "binary"}. Method options must be
-    keyword-only parameters of ``func``.
+    (SPEC §2): any non-empty subset of {"sparse", "lowrank", "binary"}. ``max_iter`` is the
+    method's iteration limit when the caller gives none; the solver reads the limit in force
+    from ``problem.max_iter``. Method options must be keyword-only parameters of ``func``.
     """
+    max_iter = check_int("max_iter", max_iter, 1)
     comps = frozenset(components)
     if not comps or comps - COMPONENTS:
         raise ValueError(f"components must be a non-empty subset of {sorted(COMPONENTS)}")
@@ -54,7 +62,7 @@ def register_method(
     def decorate(f: Callable) -> Callable:
         if name in _REGISTRY and not overwrite:
             raise ValueError(f"method {name!r} is already registered (pass overwrite=True)")
-        _REGISTRY[name] = MethodInfo(name, f, description, comps)
+        _REGISTRY[name] = MethodInfo(name, f, description, comps, max_iter)
         return f
 
     return decorate if func is None else decorate(func)

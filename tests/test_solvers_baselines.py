@@ -109,7 +109,7 @@ def test_oats_monotone_and_not_beaten_by_exact_godec_reference():
     M += np.where(rng.random(M.shape) < 0.05, rng.standard_normal(M.shape) * 5, 0)
     r, ratio = 3, 0.6
     res = slabopt.solve(M, None, ratio=ratio, rank=r, method="oats", svd="exact",
-                        iterations=100, tol=0)
+                        max_iter=100, tol=0)
     h = np.array(res.history)
     assert np.all(np.diff(h) <= 1e-12 * h[0])
     k = res.budget.nnz_per_row

@@ -19,15 +19,18 @@ dual U, penalty ρ):
 Residuals r = ‖Z̃ − P‖_F (primal), s = ρ‖P − P_prev‖_F (dual) are recorded every iteration
 (``info["primal"]``, ``info["dual"]``, ``info["rho"]``). Penalty: residual balancing (Boyd et al.
 2011, §3.4.1: ×τ when r > μs, ÷τ when s > μr) times a slow growth factor that forces Z̃ − P → 0.
-Stops when r ≤ ε_pri and s ≤ ε_dual (ε = ε_abs·√(mn) + ε_rel·scale) or after ``admm_iter``.
+Stops when r ≤ ε_pri and s ≤ ε_dual (ε = ε_abs·√(mn) + ε_rel·scale) or after ``max_iter``
+iterations (registered default 60).
 
-Started from the ``alternating`` solution (``init="alternating"``), and the feasible iterate of
-lowest g is returned, so g never exceeds alternating's at the same budget; ``history`` holds g of
-each feasible iterate P (in the user's units).
+Started from the ``alternating`` solution (``init="alternating"``, run for ``init_iter``
+iterations, 20 by default), and the feasible iterate of lowest g is returned, so g never exceeds
+alternating's at the same budget; ``history`` holds g of the feasible iterate P after each ADMM
+iteration and ``info["g_start"]`` g of the start (both in the user's units).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .. import _backend as bk
@@ -38,6 +41,7 @@ from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ..signs import sign_pm1
 from ._util import hessian_or_diag
+from .alternating import alternating
 
 
 def _g(xp, E, Ht):
@@ -48,11 +52,11 @@ def _g(xp, E, Ht):
     "admm",
     description="S + L⊙B minimising the full objective g = tr(EHEᵀ) by ADMM (after 3BASiL)",
     components=("sparse", "lowrank", "binary"),
+    max_iter=60,
 )
 def admm(
     problem: Problem,
     *,
-    admm_iter: int = 60,
     inner: int = 2,
     rho: float = 1.0,
     adaptive: bool = True,
@@ -60,9 +64,10 @@ def admm(
     eps_abs: float = 1e-6,
     eps_rel: float = 1e-4,
     init: str = "alternating",
+    init_iter: int = 20,
 ) -> Decomposition:
     """ADMM on g with blocks S, L⊙B and the split Z; returns the best feasible iterate by g."""
-    admm_iter = check_int("admm_iter", admm_iter, 1)
+    init_iter = check_int("init_iter", init_iter, 1)
     inner = check_int("inner", inner, 1)
     rho = check_real("rho", rho, 1e-12)
     growth = check_real("growth", growth, 1.0)
@@ -81,9 +86,7 @@ def admm(
 
     # --- start: alternating's solution (mapped to the scaled coordinates) or zero
     if init == "alternating" and r > 0:
-        from .alternating import alternating
-
-        dec0 = alternating(problem)
+        dec0 = alternating(dataclasses.replace(problem, max_iter=init_iter))
         S = dec0.S * dh
         mask = dec0.mask
         Ut, Vt = dec0.U, dec0.V * xp.reshape(dh, (-1, 1))
@@ -97,14 +100,14 @@ def admm(
     P = S + L * Bb
     g0 = _g(xp, Wt - P, Ht)
     best = (g0, S, mask, Ut, Vt, Bb)
-    history = [g0]
+    history: list[float] = []
     primal: list[float] = []
     dual: list[float] = []
     rhos: list[float] = []
     u = xp.zeros_like(W)
     Q_prev = None
-    converged, message = False, f"admm_iter = {admm_iter} iterations reached"
-    for it in range(admm_iter):
+    converged, message = False, problem.stop_message(False)
+    for it in range(problem.max_iter):
         Z = ((C + rho * (P - u)) @ Qe) / (lam + rho) @ QeT
         target = Z + u
         P_old = P
@@ -155,5 +158,6 @@ def admm(
         U=Ut, V=None if Vt is None else Vt * xp.reshape(inv, (-1, 1)),
         B=None if Ut is None else Bb,
         history=history, converged=converged, message=message,
-        info={"primal": primal, "dual": dual, "rho": rhos, "g_start": history[0], "g_best": g},
+        info={"primal": primal, "dual": dual, "rho": rhos, "g_start": g0 * problem.d_scale**2,
+              "g_best": g * problem.d_scale**2},
     )

@@ -232,7 +232,7 @@ def alternating(
     LB = xp.zeros_like(W)
     U = V = L = Q_prev = None
     history: list[float] = []
-    converged, message = False, f"max_iter = {problem.max_iter} iterations reached"
+    converged = False
     for it in range(problem.max_iter):
         SE[...] = W
         SE -= LB  # E = W − L⊙B
@@ -271,11 +271,8 @@ def alternating(
         Q_prev = Q
         LB[...] = B
         multiply_by_lowrank(LB, U, V, L)  # L ⊙ B for the next sparse step
-        history.append(f)
-        problem.report(it + 1, f)
-        if problem.stalled(history):
+        if problem.record(history, f):
             converged = True
-            message = f"relative objective change <= tol = {problem.tol:g}"
             break
     S = SE
     return Decomposition(
@@ -286,5 +283,5 @@ def alternating(
         B=B,
         history=history,
         converged=converged,
-        message=message,
+        message=problem.stop_message(converged),
     )

@@ -6,7 +6,8 @@ each iteration updates L by bilateral random projection (BRP, ``power`` extra po
 Y₂ = (LᵀL)^{power+1}·Ω, Q = qr(Y₂), L ← L Q Qᵀ), then S = the k largest |M − L| (hard top-k under
 the budget's pattern: per row by default, "global" for the original), then L ← M − S.
 Stopping rule (relative): ‖M − L − S‖_F / ‖M‖_F < ``error_bound`` (1e-3, the authors' value,
-made relative) or its relative change ≤ tol, or ``iter_max`` = 100 iterations.
+made relative), or its relative change ≤ tol (:meth:`Problem.stalled`), or ``max_iter`` iterations
+(the authors' 100, declared at registration).
 ``weighted=True`` (default) decomposes M = W·D so that it minimises f, and maps back.
 """
 
@@ -25,18 +26,17 @@ from ._util import sparse_from_scores
     "godec",
     description="S + L by GoDec: bilateral random projections + hard top-k (Zhou & Tao 2011)",
     components=("sparse", "lowrank"),
+    max_iter=100,
 )
 def godec(
     problem: Problem,
     *,
     power: int = 2,
-    iter_max: int = 100,
     error_bound: float = 1e-3,
     weighted: bool = True,
 ) -> Decomposition:
     """GoDec at the budget's (r, k); history = ‖M − L − S‖_F² after each iteration."""
     power = check_int("power", power, 0)
-    iter_max = check_int("iter_max", iter_max, 1)
     error_bound = check_real("error_bound", error_bound, 0.0)
     xp, bud = problem.xp, problem.budget
     r = bud.rank
@@ -49,8 +49,8 @@ def godec(
     mask = None
     U = V = None
     history: list[float] = []
-    converged, message = False, f"iter_max = {iter_max} iterations reached"
-    for it in range(iter_max):
+    converged, message = False, problem.stop_message(False)
+    for it in range(problem.max_iter):
         if r > 0:
             Y2 = bk.random_normal((n, r), problem.seed + it, M, M.dtype)
             for _ in range(power + 1):
@@ -66,14 +66,12 @@ def godec(
         S, mask = sparse_from_scores(problem, T, T * T)
         E = T - S
         err2 = bk.to_float(xp.sum(E * E))
-        history.append(err2 if weighted else bk.to_float(xp.sum((E * problem.d) ** 2)))
-        problem.report(it + 1, history[-1])
-        rel = math.sqrt(err2) / norm_m
-        if rel < error_bound:
+        stalled = problem.record(history, err2 if weighted else bk.to_float(xp.sum((E * problem.d) ** 2)))
+        if math.sqrt(err2) / norm_m < error_bound:
             converged, message = True, f"relative error < error_bound = {error_bound:g}"
             break
-        if it > 0 and abs(history[-2] - history[-1]) <= problem.tol * max(history[-2], 1e-300):
-            converged, message = True, f"relative change <= tol = {problem.tol:g}"
+        if stalled:
+            converged, message = True, problem.stop_message(True)
             break
         L = L + E
     inv = problem.d_inv if weighted else xp.ones_like(problem.d)

@@ -4,7 +4,8 @@ the authors' ``inexact_alm_rpca.m``).
 
 Solves min ‖A‖_* + λ‖E‖₁ s.t. M = A + E with the authors' defaults: λ = 1/√max(m, n),
 Y₀ = M / max(‖M‖₂, ‖M‖_∞/λ) (‖·‖_∞ the largest |entry|), μ₀ = 1.25/‖M‖₂, μ̄ = 10⁷·μ₀, ρ = 1.5,
-stop when ‖M − A − E‖_F/‖M‖_F < tol = 1e-7 (or ``max_iter_alm`` = 1000). Each iteration:
+stop when ‖M − A − E‖_F/‖M‖_F < tol = 1e-7 (``tol_alm``) or after ``max_iter`` iterations (the
+authors' 1000, declared at registration). Each iteration:
 E = shrink(M − A + Y/μ, λ/μ); A = SVT(M − E + Y/μ, 1/μ); Y += μ(M − A − E); μ = min(ρμ, μ̄).
 
 PCP has **no fixed budget**: the returned decomposition holds what it reaches (rank(A) and
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as bk
-from .._validation import check_int, check_real
+from .._validation import check_real
 from ..budget import storage_bits
 from ..problem import Decomposition, Problem
 from ..registry import register_method
@@ -68,19 +69,18 @@ def pcp_ialm(M, lam=None, *, tol=1e-7, max_iter=1000, rho=1.5, mu=None):
     "rpca",
     description="S + L by principal component pursuit, inexact ALM (Lin, Chen & Ma 2010); no budget",
     components=("sparse", "lowrank"),
+    max_iter=1000,
 )
 def rpca(
     problem: Problem,
     *,
     lam: float | None = None,
     tol_alm: float = 1e-7,
-    max_iter_alm: int = 1000,
     rho: float = 1.5,
     project: bool = False,
     weighted: bool = True,
 ) -> Decomposition:
     """PCP of W·D (or W); bits as reached, plus its projection to the budget in ``info``."""
-    max_iter_alm = check_int("max_iter_alm", max_iter_alm, 1)
     tol_alm = check_real("tol_alm", tol_alm, 0.0)
     rho = check_real("rho", rho, 1.0)
     if lam is not None:
@@ -90,7 +90,7 @@ def rpca(
     d = problem.d if weighted else xp.ones_like(problem.d)
     inv = problem.d_inv if weighted else xp.ones_like(problem.d)
     M = problem.W * d
-    P, s, Q, E, n_iter, errors = pcp_ialm(M, lam, tol=tol_alm, max_iter=max_iter_alm, rho=rho)
+    P, s, Q, E, n_iter, errors = pcp_ialm(M, lam, tol=tol_alm, max_iter=problem.max_iter, rho=rho)
     mask_full = E != 0
     S_full = E * inv
     rank = int(s.shape[0])

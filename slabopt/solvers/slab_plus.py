@@ -56,7 +56,7 @@ def _run(problem: Problem, *, offset: bool, init: str, svd: str) -> Decompositio
         L = U @ xp.matrix_transpose(V)
     LB = zero if L is None else L * B
     history: list[float] = []
-    converged, message = False, f"max_iter = {problem.max_iter} iterations reached"
+    converged = False
     w2 = d * d
     for it in range(problem.max_iter):
         R = W - c - LB
@@ -82,15 +82,14 @@ def _run(problem: Problem, *, offset: bool, init: str, svd: str) -> Decompositio
             LB = L * B
         else:
             f = _f(problem, R)
-        history.append(f)
-        problem.report(it + 1, f)
-        if problem.stalled(history):
-            converged, message = True, f"relative objective change <= tol = {problem.tol:g}"
+        if problem.record(history, f):
+            converged = True
             break
     S = xp.where(mask, W - c - LB, zero)
     return Decomposition(S=S, mask=mask, U=U, V=V, B=None if U is None else B >= 0,
                          row_offset=xp.reshape(c, (-1,)) if offset else None,
-                         history=history, converged=converged, message=message)
+                         history=history, converged=converged,
+                         message=problem.stop_message(converged))
 
 
 @register_method(

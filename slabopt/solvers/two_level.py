@@ -34,20 +34,17 @@ def two_level(problem: Problem) -> Decomposition:
     w2 = xp.broadcast_to(xp.reshape(d * d, (1, -1)), W.shape)
     T = xp.zeros_like(W)
     history: list[float] = []
-    converged, message = False, f"max_iter = {problem.max_iter} iterations reached"
+    converged = False
     zero = xp.zeros_like(W)
-    for it in range(problem.max_iter):
+    for _ in range(problem.max_iter):
         R = W - T
         mask = select_mask(R * R * w2, problem.budget)
         low, high, is_high = two_level_quantize(W, xp.where(mask, zero, w2))
         T = xp.where(is_high, xp.reshape(high, (-1, 1)), xp.reshape(low, (-1, 1)))
         E = xp.where(mask, zero, (W - T) * d)
-        f = bk.to_float(xp.sum(E * E))
-        history.append(f)
-        problem.report(it + 1, f)
-        if problem.stalled(history):
-            converged, message = True, f"relative objective change <= tol = {problem.tol:g}"
+        if problem.record(history, bk.to_float(xp.sum(E * E))):
+            converged = True
             break
     S = xp.where(mask, W - T, zero)
     return Decomposition(S=S, mask=mask, B=is_high, history=history, converged=converged,
-                         message=message, levels=xp.stack([low, high]))
+                         message=problem.stop_message(converged), levels=xp.stack([low, high]))
