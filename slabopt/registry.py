@@ -19,14 +19,18 @@ DEFAULT_MAX_ITER = 20
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered solver: its function, one-line description, what it stores, and its
-    iteration limit when ``solve(max_iter=None)`` (the authors' default for baselines)."""
+    """A registered solver: its function, one-line description, what it stores, its iteration
+    limit when ``solve(max_iter=None)`` (the authors' default for baselines), whether its algorithm
+    needs the Gram matrix XᵀX (adapters then collect it; d alone is not enough), and whether it
+    meets the requested budget (``False``: it reaches its own rank and nnz, which are counted)."""
 
     name: str
     func: Callable
     description: str
     components: frozenset[str]
     default_max_iter: int = DEFAULT_MAX_ITER
+    needs_gram: bool = False
+    fixed_budget: bool = True
 
     def option_names(self) -> list[str]:
         params = list(inspect.signature(self.func).parameters.values())[1:]
@@ -43,6 +47,8 @@ def register_method(
     description: str,
     components: tuple[str, ...] | frozenset[str] = ("sparse", "lowrank", "binary"),
     max_iter: int = DEFAULT_MAX_ITER,
+    needs_gram: bool = False,
+    fixed_budget: bool = True,
     overwrite: bool = False,
 ) -> Callable:
     """Register ``func`` as ``method=name`` (usable as a decorator).
@@ -50,7 +56,10 @@ def register_method(
     ``components`` says which parts the method stores and therefore how its bits are counted
     (SPEC §2): any non-empty subset of {"sparse", "lowrank", "binary"}. ``max_iter`` is the
     method's iteration limit when the caller gives none; the solver reads the limit in force
-    from ``problem.max_iter``. Method options must be keyword-only parameters of ``func``.
+    from ``problem.max_iter``. ``needs_gram``: the method uses XᵀX (``problem.gram``), so callers
+    should pass X or ``gram``, not only d. ``fixed_budget=False``: the method does not meet the
+    requested (r, k) but reaches its own, whose bits are counted exactly. Method options must be
+    keyword-only parameters of ``func``.
     """
     max_iter = check_int("max_iter", max_iter, 1)
     comps = frozenset(components)
@@ -62,7 +71,8 @@ def register_method(
     def decorate(f: Callable) -> Callable:
         if name in _REGISTRY and not overwrite:
             raise ValueError(f"method {name!r} is already registered (pass overwrite=True)")
-        _REGISTRY[name] = MethodInfo(name, f, description, comps, max_iter)
+        _REGISTRY[name] = MethodInfo(name, f, description, comps, max_iter, bool(needs_gram),
+                                     bool(fixed_budget))
         return f
 
     return decorate if func is None else decorate(func)

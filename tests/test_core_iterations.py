@@ -61,3 +61,29 @@ def test_register_method_takes_a_default_max_iter():
     assert slabopt.solve(W, method="test_counter", ratio=0.1, max_iter=3).n_iter == 3
     with pytest.raises(ValueError, match="max_iter must be >= 1"):
         slabopt.register_method("test_bad", counter, description="x", max_iter=0)
+
+
+@pytest.mark.parametrize("method", sorted(slabopt.methods()))
+def test_gram_need_and_fixed_budget_are_declared(method):
+    info = get_method(method)
+    assert info.needs_gram is (method in {"sparsegpt", "admm"})
+    assert info.fixed_budget is (method != "rpca")
+
+
+def test_register_method_takes_needs_gram_and_fixed_budget():
+    def noop(problem):
+        raise NotImplementedError
+
+    slabopt.register_method("test_flags", noop, description="flags", needs_gram=True,
+                            fixed_budget=False, overwrite=True)
+    info = get_method("test_flags")
+    assert info.needs_gram is True and info.fixed_budget is False
+    slabopt.register_method("test_flags", noop, description="flags", overwrite=True)
+    assert get_method("test_flags").needs_gram is False and get_method("test_flags").fixed_budget is True
+
+
+def test_rpca_project_meets_the_budget_and_plain_rpca_reports_what_it_reached():
+    res = slabopt.solve(W, X, ratio=0.5, rank=2, method="rpca", project=True)
+    assert res.sparse.nnz <= res.budget.nnz and res.rank <= 2 and res.ratio >= 0.5
+    free = slabopt.solve(W, X, ratio=0.5, rank=2, method="rpca")
+    assert free.rank == free.info["reached_rank"] and free.sparse.nnz == free.info["reached_nnz"]

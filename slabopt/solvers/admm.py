@@ -53,6 +53,7 @@ def _g(xp, E, Ht):
     description="S + L⊙B minimising the full objective g = tr(EHEᵀ) by ADMM (after 3BASiL)",
     components=("sparse", "lowrank", "binary"),
     max_iter=60,
+    needs_gram=True,
 )
 def admm(
     problem: Problem,

@@ -8,12 +8,12 @@ stop when ‖M − A − E‖_F/‖M‖_F < tol = 1e-7 (``tol_alm``) or after ``
 authors' 1000, declared at registration). Each iteration:
 E = shrink(M − A + Y/μ, λ/μ); A = SVT(M − E + Y/μ, 1/μ); Y += μ(M − A − E); μ = min(ρμ, μ̄).
 
-PCP has **no fixed budget**: the returned decomposition holds what it reaches (rank(A) and
-nnz(E)), and ``solve`` counts exactly those bits. ``info`` also reports the result *projected to
-the budget* (A truncated to rank r by its SVD, E to the k largest |entries| per pattern):
-``projected_objective`` (f, user units ÷ d_scale², i.e. normalised) and ``projected_bits``;
-``project=True`` returns that projected decomposition instead. ``weighted=True`` (default)
-decomposes M = W·D and maps back by D⁻¹.
+PCP has **no fixed budget** (registered with ``fixed_budget=False``): the returned decomposition
+holds what it reaches (rank(A) and nnz(E)), and ``solve`` counts exactly those bits. ``info`` also
+reports the result *projected to the budget* (A truncated to rank r by its SVD, E to the k largest
+|entries| per pattern): ``projected_objective`` (f in the user's units) and ``projected_bits``;
+``project=True`` returns that projected decomposition instead, which meets the budget.
+``weighted=True`` (default) decomposes M = W·D and maps back by D⁻¹.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def pcp_ialm(M, lam=None, *, tol=1e-7, max_iter=1000, rho=1.5, mu=None):
     description="S + L by principal component pursuit, inexact ALM (Lin, Chen & Ma 2010); no budget",
     components=("sparse", "lowrank"),
     max_iter=1000,
+    fixed_budget=False,
 )
 def rpca(
     problem: Problem,

@@ -38,6 +38,7 @@ def _keep_top(scores: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
     "sparsegpt",
     description="S only: OBS pruning with Hessian updates, blocks of 128 (Frantar & Alistarh 2023)",
     components=("sparse",),
+    needs_gram=True,
 )
 def sparsegpt(problem: Problem, *, blocksize: int = 128) -> Decomposition:
     """One-shot SparseGPT pruning of W to the budget (exact count per pattern)."""
