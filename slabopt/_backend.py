@@ -98,10 +98,6 @@ def compute_dtype(xp: ModuleType, x: Any) -> Any:
     return xp.float64 if dtype_name(x) == "float64" else xp.float32
 
 
-def astype(xp: ModuleType, x: Any, dtype: Any, copy: bool = False) -> Any:
-    return xp.astype(x, dtype, copy=copy)
-
-
 def to_float(value: Any) -> float:
     """Python float of a 0-d array on any backend (synchronises a GPU)."""
     return float(value)
@@ -133,20 +129,6 @@ def topk_indices(scores: Any, k: int) -> Any:
         return scores.topk(k, dim=-1, largest=True, sorted=False).indices
     xp_lib = np if name == "numpy" else __import__("cupy")
     return xp_lib.argpartition(scores, n - k, axis=-1)[..., n - k :]
-
-
-def where(cond: Any, a: Any, b: Any) -> Any:
-    """``cond ? a : b`` through the array's own library (the compat wrapper copies more)."""
-    name = library_name(a)
-    if name == "numpy":
-        return np.where(cond, a, b)
-    if name == "torch":
-        import torch
-
-        return torch.where(cond, a, b)
-    import cupy
-
-    return cupy.where(cond, a, b)
 
 
 def kth_largest(scores: Any, k: int, work: Any = None) -> Any:

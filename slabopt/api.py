@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,10 +26,6 @@ def _check_options(info: Any, options: dict) -> None:
         raise TypeError(
             f"method {info.name!r} got unknown option(s) {', '.join(unknown)}; its options are: {listed}"
         )
-    params = inspect.signature(info.func).parameters
-    for name in options:
-        if params[name].kind is not inspect.Parameter.KEYWORD_ONLY:  # pragma: no cover
-            raise TypeError(f"option {name!r} of {info.name!r} must be keyword-only")
 
 
 def solve(

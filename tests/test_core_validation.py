@@ -133,3 +133,26 @@ def test_objective_and_problem_do_not_import_each_other():
         tree = ast.parse((root / src).read_text())
         names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert other not in names, f"{src} imports .{other}"
+
+
+def test_removed_helpers_stay_removed():
+    import slabopt._backend
+    import slabopt.solvers._util
+    import slabopt.solvers.slab_plus
+
+    assert not hasattr(slabopt._backend, "astype") and not hasattr(slabopt._backend, "where")
+    assert not hasattr(slabopt.solvers._util, "f_value")  # f is objective.diagonal_objective
+    assert not hasattr(slabopt.solvers._util, "max_rank_for_ratio")  # budget.max_rank_for_ratio
+    assert not hasattr(slabopt.problem.Problem, "extras")
+
+
+def test_keyword_only_options_are_the_only_options():
+    from slabopt.registry import get_method
+
+    def positional(problem, extra=1, *, opt=2):
+        raise NotImplementedError
+
+    slabopt.register_method("test_positional", positional, description="x", overwrite=True)
+    assert get_method("test_positional").option_names() == ["opt"]
+    with pytest.raises(TypeError, match=r"unknown option\(s\) extra; its options are: opt"):
+        slabopt.solve(W, method="test_positional", extra=3)

@@ -10,13 +10,6 @@ from ..patterns import select_mask
 from ..problem import Problem
 
 
-def f_value(problem: Problem, W_hat: Any) -> float:
-    """Diagonal objective ‖(W − Ŵ)D‖_F² in the problem's normalised units."""
-    xp = problem.xp
-    E = (problem.W - W_hat) * problem.d
-    return bk.to_float(xp.sum(E * E))
-
-
 def sparse_from_scores(problem: Problem, values: Any, scores: Any) -> tuple[Any, Any]:
     """(S, mask): keep ``values`` where ``scores`` are largest under the problem's budget."""
     xp = problem.xp

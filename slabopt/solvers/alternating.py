@@ -18,6 +18,7 @@ from __future__ import annotations
 from .. import _backend as bk
 from .._validation import check_choice, check_int
 from ..linalg import SVD_METHODS, outer, truncated_svd
+from ..objective import diagonal_objective
 from ..patterns import select_mask
 from ..problem import Decomposition, Problem
 from ..registry import register_method
@@ -220,7 +221,7 @@ def alternating(
 
     if r == 0:  # nothing to alternate with: one exact sparse step
         S, mask = sparse_step(problem, xp.zeros_like(problem.W))
-        f = bk.to_float(xp.sum(((problem.W - S) * d) ** 2))
+        f = diagonal_objective(problem.W - S, d)
         problem.report(1, f)
         return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
 

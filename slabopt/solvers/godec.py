@@ -17,6 +17,7 @@ import math
 
 from .. import _backend as bk
 from .._validation import check_int, check_real
+from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ._util import sparse_from_scores
@@ -66,7 +67,7 @@ def godec(
         S, mask = sparse_from_scores(problem, T, T * T)
         E = T - S
         err2 = bk.to_float(xp.sum(E * E))
-        stalled = problem.record(history, err2 if weighted else bk.to_float(xp.sum((E * problem.d) ** 2)))
+        stalled = problem.record(history, err2 if weighted else diagonal_objective(E, problem.d))
         if math.sqrt(err2) / norm_m < error_bound:
             converged, message = True, f"relative error < error_bound = {error_bound:g}"
             break

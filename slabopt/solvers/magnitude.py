@@ -7,9 +7,10 @@ the classic layer-wise threshold, or N:M). Ignores the activations by design.
 
 from __future__ import annotations
 
+from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import f_value, sparse_from_scores
+from ._util import sparse_from_scores
 
 
 @register_method(
@@ -21,6 +22,6 @@ def magnitude(problem: Problem) -> Decomposition:
     """S = W on the budget's largest |W_ij| (ties broken by the selection order)."""
     W = problem.W
     S, mask = sparse_from_scores(problem, W, W * W)
-    f = f_value(problem, S)
+    f = diagonal_objective(problem.W - S, problem.d)
     problem.report(1, f)
     return Decomposition(S=S, mask=mask, history=[f], message="one-shot magnitude pruning")

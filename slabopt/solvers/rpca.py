@@ -23,9 +23,11 @@ import math
 from .. import _backend as bk
 from .._validation import check_real
 from ..budget import storage_bits
+from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import f_value, sparse_from_scores
+from ..weight import dense_weight
+from ._util import sparse_from_scores
 
 
 def pcp_ialm(M, lam=None, *, tol=1e-7, max_iter=1000, rho=1.5, mu=None):
@@ -103,10 +105,8 @@ def rpca(
     Up = P[:, :r] * s[:r]
     Vp = Q[:, :r] * xp.reshape(inv, (-1, 1))
     Sp, maskp = sparse_from_scores(problem, S_full, E * E)
-    Lp = Up @ xp.matrix_transpose(Vp)
-    f_proj = f_value(problem, Sp + Lp)
-    Lf = xp.zeros_like(M) if U_full is None else U_full @ xp.matrix_transpose(V_full)
-    f_full = f_value(problem, S_full + Lf)
+    f_proj = diagonal_objective(problem.W - dense_weight(Sp, U=Up, V=Vp), problem.d)
+    f_full = diagonal_objective(problem.W - dense_weight(S_full, U=U_full, V=V_full), problem.d)
     info = {
         "reached_rank": rank, "reached_nnz": reached["nnz"],
         "reached_bits": storage_bits((m, n), reached["nnz"], rank, bud.value_bits,

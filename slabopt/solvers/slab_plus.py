@@ -19,27 +19,19 @@ from __future__ import annotations
 
 from .. import _backend as bk
 from .._validation import check_choice
-from ..linalg import SVD_METHODS, truncated_svd
+from ..linalg import SVD_METHODS
+from ..objective import diagonal_objective
 from ..patterns import select_mask
 from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ..signs import sign_pm1
+from .alternating import lowrank_step
 
 
-def _lowrank(problem, RB, it, Q_prev, svd):
-    xp = problem.xp
-    P, s, Q = truncated_svd(RB * problem.d, problem.budget.rank, method=svd, seed=problem.seed + it,
-                            start=Q_prev, power_iters=2)
-    root = xp.sqrt(s)
-    U = P * root
-    V = Q * root * xp.reshape(problem.d_inv, (-1, 1))
-    return U, V, Q
-
-
-def _f(problem, E):
-    xp = problem.xp
-    E = E * problem.d
-    return bk.to_float(xp.sum(E * E))
+def _lowrank(problem: Problem, RB, it: int, Q_prev, svd: str):
+    """L = SVD_r((R ⊙ B) D) D⁻¹ as factors (U, V, Q): the low-rank step of ``alternating``."""
+    return lowrank_step(problem, RB, problem.budget.rank, svd=svd, seed=problem.seed + it,
+                        start=Q_prev)
 
 
 def _run(problem: Problem, *, offset: bool, init: str, svd: str) -> Decomposition:
@@ -73,15 +65,15 @@ def _run(problem: Problem, *, offset: bool, init: str, svd: str) -> Decompositio
             RB = R * B
             U_new, V_new, Q = _lowrank(problem, RB, it, Q_prev, svd)  # low-rank step (P3)
             L_new = U_new @ xp.matrix_transpose(V_new)
-            f = _f(problem, RB - L_new)
+            f = diagonal_objective(RB - L_new, d)
             if L is not None:
-                f_keep = _f(problem, RB - L)
+                f_keep = diagonal_objective(RB - L, d)
                 if f_keep < f:  # an inexact SVD must never undo descent
                     U_new, V_new, L_new, f = U, V, L, f_keep
             U, V, L, Q_prev = U_new, V_new, L_new, Q
             LB = L * B
         else:
-            f = _f(problem, R)
+            f = diagonal_objective(R, d)
         if problem.record(history, f):
             converged = True
             break

@@ -19,9 +19,10 @@ import numpy as np
 
 from .. import _backend as bk
 from .._validation import check_int
+from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import f_value, hessian_or_diag
+from ._util import hessian_or_diag
 
 
 def _keep_top(scores: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
@@ -93,6 +94,6 @@ def sparsegpt(problem: Problem, *, blocksize: int = 128) -> Decomposition:
     S = bk.from_numpy(W, like=problem.W)
     S = problem.xp.astype(S, problem.W.dtype)
     mask = bk.from_numpy(keep, like=problem.W)
-    f = f_value(problem, S)
+    f = diagonal_objective(problem.W - S, problem.d)
     problem.report(1, f)
     return Decomposition(S=S, mask=mask, history=[f], message="one-shot SparseGPT pruning")

@@ -13,9 +13,10 @@ from .. import _backend as bk
 from .._validation import check_choice
 from ..budget import max_rank_for_ratio
 from ..linalg import SVD_METHODS, truncated_svd
+from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import f_value
+from ..weight import dense_weight
 
 
 @register_method(
@@ -35,7 +36,7 @@ def svd(
         r = max_rank_for_ratio((m, n), bud.requested_ratio, bud.value_bits)
     W = problem.W
     if r == 0:
-        f = f_value(problem, xp.zeros_like(W))
+        f = diagonal_objective(W, problem.d)
         return Decomposition(history=[f], message="rank 0 fits the budget: L = 0")
     target = W * problem.d if weighted else W
     P, s, Q = truncated_svd(target, r, method=svd, seed=problem.seed)
@@ -43,7 +44,7 @@ def svd(
     U, V = P * root, Q * root
     if weighted:
         V = V * xp.reshape(problem.d_inv, (-1, 1))
-    f = f_value(problem, U @ xp.matrix_transpose(V))
+    f = diagonal_objective(W - dense_weight(xp.zeros_like(W), U=U, V=V), problem.d)
     problem.report(1, f)
     return Decomposition(U=U, V=V, history=[f], message=f"rank {r} truncated SVD",
                          info={"rank": r, "weighted": weighted, "device": str(bk.device(W))})

@@ -8,9 +8,10 @@ variant keeps the N best-scored weights of every M consecutive inputs of a row).
 
 from __future__ import annotations
 
+from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import f_value, sparse_from_scores
+from ._util import sparse_from_scores
 
 
 @register_method(
@@ -23,6 +24,6 @@ def wanda(problem: Problem) -> Decomposition:
     W, d = problem.W, problem.d
     scores = W * d
     S, mask = sparse_from_scores(problem, W, scores * scores)
-    f = f_value(problem, S)
+    f = diagonal_objective(problem.W - S, problem.d)
     problem.report(1, f)
     return Decomposition(S=S, mask=mask, history=[f], message="one-shot Wanda pruning")
