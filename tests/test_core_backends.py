@@ -111,3 +111,4 @@ def test_objective_of_tensors_that_require_grad(monkeypatch):
     G = X.detach().T @ X.detach()
     H = G + 0.01 * G.diagonal().mean() * torch.eye(12, dtype=torch.float64)
     assert objs.full == pytest.approx(float(((E @ H) * E).sum()), rel=1e-12)
+
