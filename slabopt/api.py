@@ -48,7 +48,7 @@ def solve(
     progress: bool = False,
     **options: Any,
 ) -> SolveResult:
-    """Decompose W ≈ Ŵ = S + L ⊙ B at a storage ratio (SPEC §1–§3).
+    """Decompose W ≈ Ŵ = S + L ⊙ B at a storage ratio (docs/formulation.md §1-§5).
 
     Parameters
     ----------
@@ -60,7 +60,7 @@ def solve(
     rank : r, the rank of L (0 ≤ r ≤ min(m, n))
     method : a registered solver name, see :func:`slabopt.methods`
     pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
-    value_bits, index_bits : b and ι of the bit budget (SPEC §2)
+    value_bits, index_bits : b and ι of the bit budget (docs/formulation.md §4)
     max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
         default (``slabopt.registry.get_method(method).default_max_iter``)
     tol : relative objective change that stops early

@@ -1,4 +1,4 @@
-"""Exact storage budgets (SPEC §2).
+"""Exact storage budgets (docs/formulation.md §4).
 
     bits(Ŵ) = (b + ι)·nnz(S) + b·r·(m + n) + m·n        (last term only when B is stored)
     ratio   = 1 − bits(Ŵ) / (b·m·n)
@@ -18,9 +18,10 @@ from .patterns import Pattern, parse_pattern
 
 COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset"})
 SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
-# "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B), SPEC §3
-# two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B. "offset": one b-bit value per row
-# (a per-row offset c in Ŵ = S + c·1ᵀ + L ⊙ B, ``row_values`` = 1).
+# "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B),
+# docs/formulation.md §2.1, method two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B.
+# "offset": one b-bit value per row (docs/formulation.md §2.2; a per-row offset c in Ŵ = S + c·1ᵀ +
+# L ⊙ B, ``row_values`` = 1).
 
 
 class InfeasibleBudgetError(ValueError):
@@ -90,7 +91,7 @@ def storage_bits(
 ) -> int:
     """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m), exactly.
 
-    ``row_values`` counts b-bit values stored per row (2 for the two-level code of SPEC §3).
+    ``row_values`` counts b-bit values stored per row (2 for the two-level code of docs/formulation.md §2.1).
     """
     m, n = shape
     return (
@@ -163,8 +164,8 @@ def budget(
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
-    The sparse budget is the largest k with ``ratio(k) >= ratio`` (SPEC §2), rounded down to a
-    multiple of m for the equal-per-row pattern. N:M patterns fix nnz(S) = m·n·N/M; their achieved
+    The sparse budget is the largest k with ``ratio(k) >= ratio`` (docs/formulation.md §4.3), rounded
+    down to a multiple of m for the equal-per-row pattern. N:M patterns fix nnz(S) = m·n·N/M; their achieved
     ratio may then differ from the requested one (``ratio`` may be ``None`` for them).
 
     Parameters

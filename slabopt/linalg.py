@@ -1,4 +1,4 @@
-"""Truncated SVD for the low-rank step (SPEC §3 step 3, P3).
+"""Truncated SVD for the low-rank step (docs/formulation.md §5.3, P3).
 
 ``truncated_svd(M, r)`` returns P (m×r), σ (r), Q (n×r) with P diag(σ) Qᵀ the best rank-r
 approximation of M in Frobenius norm (Eckart–Young). With ``method="randomized"`` it is the

@@ -1,4 +1,4 @@
-"""The two objectives of SPEC §1.
+"""The two objectives of docs/formulation.md §3.
 
 diagonal  f(Ŵ) = ‖(W − Ŵ) D‖_F²,  D = diag(d), d_j = ‖X[:, j]‖₂
 full      g(Ŵ) = tr((W − Ŵ) H (W − Ŵ)ᵀ),  H = XᵀX + λ·mean(diag XᵀX)·I

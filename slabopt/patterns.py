@@ -1,4 +1,4 @@
-"""Sparsity patterns of S and the sparse step that selects S (SPEC §3 step 1, P4).
+"""Sparsity patterns of S and the sparse step that selects S (docs/formulation.md §4.3, §5.1; P4).
 
 For fixed L ⊙ B and R = W − L ⊙ B, the diagonal objective of the sparse part is
 Σ_ij d_j² (R_ij − S_ij)²; keeping R_ij at the allowed positions with the largest scores

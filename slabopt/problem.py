@@ -23,7 +23,7 @@ class Problem:
     ``W`` is in the compute dtype (float64 for float64 input, float32 otherwise) and is a copy
     whenever a conversion happened; solvers must not modify it in place. ``d`` is the column
     weight vector rescaled to max 1 (``d_true = d_scale · d``; any positive rescaling leaves the
-    minimisers unchanged, SPEC §1).
+    minimisers unchanged, docs/formulation.md §3.1).
     """
 
     W: Any

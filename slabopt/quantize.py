@@ -1,4 +1,4 @@
-"""Exact weighted two-level quantiser (SPEC §4, Lemma 1).
+"""Exact weighted two-level quantiser (docs/formulation.md §2.1 and §6, Lemma 1).
 
 For each row w (length n) and non-negative weights ω, find levels ``low ≤ high`` minimising
 
@@ -41,7 +41,7 @@ def _as_array(w: Any) -> Any:
 
 
 def two_level_quantize(w: Any, weights: Any = None) -> tuple[Any, Any, Any]:
-    """Exact weighted two-level quantiser of each row of ``w`` (SPEC Lemma 1).
+    """Exact weighted two-level quantiser of each row of ``w`` (Lemma 1, docs/formulation.md §6).
 
     Parameters
     ----------

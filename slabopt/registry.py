@@ -54,12 +54,12 @@ def register_method(
     """Register ``func`` as ``method=name`` (usable as a decorator).
 
     ``components`` says which parts the method stores and therefore how its bits are counted
-    (SPEC §2): any non-empty subset of {"sparse", "lowrank", "binary"}. ``max_iter`` is the
-    method's iteration limit when the caller gives none; the solver reads the limit in force
-    from ``problem.max_iter``. ``needs_gram``: the method uses XᵀX (``problem.gram``), so callers
-    should pass X or ``gram``, not only d. ``fixed_budget=False``: the method does not meet the
-    requested (r, k) but reaches its own, whose bits are counted exactly. Method options must be
-    keyword-only parameters of ``func``.
+    (docs/formulation.md §4.2): any non-empty subset of {"sparse", "lowrank", "binary", "twolevel",
+    "offset"}. ``max_iter`` is the method's iteration limit when the caller gives none; the solver
+    reads the limit in force from ``problem.max_iter``. ``needs_gram``: the method uses XᵀX
+    (``problem.gram``), so callers should pass X or ``gram``, not only d. ``fixed_budget=False``:
+    the method does not meet the requested (r, k) but reaches its own, whose bits are counted
+    exactly. Method options must be keyword-only parameters of ``func``.
     """
     max_iter = check_int("max_iter", max_iter, 1)
     comps = frozenset(components)

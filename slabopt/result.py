@@ -67,7 +67,7 @@ class SolveResult:
     row_offset : per-row offset c (m values) added as c·1ᵀ, ``None`` unless stored ("slab_offset")
     signs_packed : B packed 8 signs per byte, m×ceil(n/8) uint8 (``None`` when B is not stored);
         see :func:`slabopt.signs.unpack_signs` and :meth:`signs`
-    bits, ratio : achieved storage in bits and fraction of dense storage removed (SPEC §2)
+    bits, ratio : achieved storage in bits and fraction of dense storage removed (docs/formulation.md §4)
     requested_ratio : the ratio asked for
     budget : the :class:`slabopt.Budget` the solver was given
     objective : diagonal objective f(Ŵ) = ‖(W − Ŵ)D‖_F² of the returned Ŵ

@@ -1,7 +1,8 @@
 """The binary matrix B ∈ {+1, −1}^{m×n}: the sign rule and 1-bit packing.
 
-sign(0) = +1 throughout (SPEC §1). Packed layout: row-major, 8 signs per byte, most significant
-bit first (the layout of ``numpy.packbits``), bit 1 = +1, bit 0 = −1, rows padded to whole bytes.
+sign(0) = +1 throughout (docs/formulation.md §1, §5.2). Packed layout: row-major, 8 signs per byte,
+most significant bit first (the layout of ``numpy.packbits``), bit 1 = +1, bit 0 = −1, rows padded
+to whole bytes.
 """
 
 from __future__ import annotations

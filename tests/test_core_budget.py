@@ -1,4 +1,4 @@
-"""Exact bit budgets (SPEC §2)."""
+"""Exact bit budgets (docs/formulation.md §4)."""
 
 import re
 from fractions import Fraction

@@ -1,4 +1,4 @@
-"""Each block step of the alternating solver against brute force (SPEC §3, P2–P4, descent)."""
+"""Each block step of the alternating solver against brute force (docs/formulation.md §5, P2–P4, descent)."""
 
 import itertools
 

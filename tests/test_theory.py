@@ -1,4 +1,4 @@
-"""Property tests of the SPEC §4 statements at random sizes (docs/theory.md gives the proofs).
+"""Property tests of the docs/formulation.md §6 statements at random sizes (docs/theory.md gives the proofs).
 
 Where the statement is already tested against brute force elsewhere, this module does not repeat
 it; the map is:

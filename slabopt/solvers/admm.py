@@ -1,5 +1,5 @@
-"""ADMM on the full layer objective (SPEC §3 "admm", after 3BASiL: Makni, Behdin, Mazumder et al.,
-"A Unified Optimization Framework for Sparse + Low-Rank Decomposition of LLMs", 2025).
+"""ADMM on the full layer objective (docs/formulation.md §3.2, §5.5; after 3BASiL: Makni, Behdin,
+Mazumder et al., "A Unified Optimization Framework for Sparse + Low-Rank Decomposition of LLMs", 2025).
 
 Minimises g(Ŵ) = tr((W − Ŵ) H (W − Ŵ)ᵀ) over Ŵ = S + L ⊙ B in the feasible set C of the budget
 (k-sparse S by pattern, rank-r L, ±1 B) with a splitting variable Z:
@@ -13,7 +13,7 @@ dual U, penalty ρ):
 
 * Z-step (exact):  Z̃ = (W̃H̃ + ρ(P − U))(H̃ + ρI)⁻¹   (one eigendecomposition of H̃, reused for all ρ)
 * P-step: ``inner`` warm-started block-coordinate passes of the sparse / binary / low-rank steps
-  of SPEC §3 on Z̃ + U (each an exact block minimiser of the distance to C);
+  of docs/formulation.md §5.1-§5.3 on Z̃ + U (each an exact block minimiser of the distance to C);
 * U += Z̃ − P.
 
 Residuals r = ‖Z̃ − P‖_F (primal), s = ρ‖P − P_prev‖_F (dual) are recorded every iteration

@@ -1,4 +1,5 @@
-"""The alternating S + L ⊙ B solver (SPEC §3, the SLaB paper's Algorithm 1 as reconstructed).
+"""The alternating S + L ⊙ B solver (docs/formulation.md §5, the SLaB paper's Algorithm 1
+as reconstructed).
 
 Starting from L ⊙ B = 0, each iteration runs three block updates of the diagonal objective
 f = ‖(W − S − L ⊙ B) D‖_F²:
@@ -139,7 +140,7 @@ def weighted_objectives(problem: Problem, M, new, old, out) -> tuple[float, bool
 
 
 def svd_target(problem: Problem, RB, *, weighted: bool = True, overwrite: bool = False):
-    """M = (R ⊙ B) D for the weighted variant, R ⊙ B for the paper variant (SPEC §3 step 3).
+    """M = (R ⊙ B) D for the weighted variant, R ⊙ B for the paper variant (docs/formulation.md §5.3).
 
     ``overwrite=True`` scales ``RB`` in place.
     """
@@ -202,7 +203,7 @@ def alternating(
     oversample: int = 10,
     warm_start: bool = True,
 ) -> Decomposition:
-    """Alternate the sparse, binary and low-rank steps of SPEC §3.
+    """Alternate the sparse, binary and low-rank steps (docs/formulation.md §5.1-§5.4).
 
     Options
     -------

@@ -11,7 +11,7 @@ methods so that their effect is measurable at equal bits (see docs/benchmarks_so
   (B = sign(W), L = weighted rank-r SVD of |W|) instead of L ⊙ B = 0, so that the first sparse step
   already sees the binary-low-rank part.
 
-Both use exact block minimisers of f (steps of SPEC §3, variant "weighted", exact or randomized
+Both use exact block minimisers of f (steps of docs/formulation.md §5, variant "weighted", exact or randomized
 SVD with a no-ascent guard), so f never increases.
 """
 

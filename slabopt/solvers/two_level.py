@@ -1,4 +1,4 @@
-"""S + per-row two-level code (SPEC §3 "two_level", the SLaB paper's Lemma 1).
+"""S + per-row two-level code (docs/formulation.md §2.1, the SLaB paper's Lemma 1).
 
 Ŵ = S + T with T_ij ∈ {low_i, high_i}: two b-bit values per row plus one bit per entry, so the
 storage is (b + ι)·nnz(S) + 2·b·m + m·n bits (the ``"twolevel"`` budget component). Alternates,
