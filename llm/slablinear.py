@@ -8,12 +8,13 @@ Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on 
   (non-persistent buffers ``crow``/``col``),
 - ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
 - ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
-- optional two-level codes ``levels`` (2×m) and ``bias`` (m).
+- optional two-level codes ``levels`` (2×m: low, high), a per-row offset ``row_offset`` (m) and
+  ``bias`` (m).
 
-The forward never forms the dense m×n weight when the rank is small: it computes
-S x (sparse CSR product) + Σ_k u_k ⊙ (B (v_k ⊙ x)), with B unpacked to ±1 once per call
-(or kept unpacked when ``cache_signs`` is set). For larger ranks the dense Ŵ is rebuilt per call,
-which is cheaper.
+The dense Ŵ is built by :func:`slabopt.dense_weight`, the one definition of Ŵ from its parts,
+and B by :func:`slabopt.unpack_signs`. The forward never forms the dense m×n weight when the rank is
+small: it computes S x (sparse CSR product) + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j, with B unpacked to
+±1 once per call. For larger ranks or two-level codes the dense Ŵ is rebuilt per call.
 """
 
 from __future__ import annotations
@@ -24,40 +25,21 @@ import warnings
 import torch
 from torch import nn
 
+from slabopt import dense_weight, pack_signs, unpack_signs
+
 FACTORED_MAX_RANK = 4
-
-_SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
-
-
-def unpack_signs_torch(packed: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
-    """m×⌈n/8⌉ uint8 (MSB first, bit 1 = +1) → m×n ±1 in ``dtype``."""
-    bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1
-    bits = bits.reshape(packed.shape[0], -1)[:, :n]
-    return bits.to(dtype) * 2 - 1
-
-
-def pack_signs_torch(b: torch.Tensor) -> torch.Tensor:
-    """m×n (±1 or bool "is +1") → m×⌈n/8⌉ uint8, the layout of :func:`slabopt.pack_signs`."""
-    pos = b if b.dtype == torch.bool else b >= 0
-    m, n = pos.shape
-    pad = (-n) % 8
-    bits = torch.nn.functional.pad(pos.to(torch.uint8), (0, pad))
-    w = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32, device=b.device)
-    return (bits.reshape(m, -1, 8).to(torch.int32) * w).sum(-1).to(torch.uint8)
-
 
 class SLaBLinear(nn.Module):
     """Drop-in replacement for ``nn.Linear`` holding Ŵ = S + (U Vᵀ) ⊙ B compactly."""
 
     def __init__(self, in_features: int, out_features: int, *, nnz: int = 0, rank: int = 0,
-                 has_signs: bool = False, has_levels: bool = False, bias: bool = False,
+                 has_signs: bool = False, has_levels: bool = False, has_offset: bool = False,
+                 bias: bool = False,
                  store_dtype: torch.dtype = torch.float16, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         m, n = out_features, in_features
         self.in_features, self.out_features = n, m
         self.compute_dtype = compute_dtype
-        self.cache_signs = False
-        self._B: torch.Tensor | None = None
         self.cache_weight = False  # keep the dense Ŵ after the first call (fast evaluation on CPU)
         self._W: torch.Tensor | None = None
         self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
@@ -69,6 +51,7 @@ class SLaBLinear(nn.Module):
         self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8)
                              if has_signs else None)
         self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype) if has_levels else None)
+        self.register_buffer("row_offset", torch.zeros(m, dtype=store_dtype) if has_offset else None)
         self.register_buffer("bias", torch.zeros(m, dtype=store_dtype) if bias else None)
 
     # ------------------------------------------------------------------ construction
@@ -78,16 +61,15 @@ class SLaBLinear(nn.Module):
         """Build from a :class:`slabopt.SolveResult` (torch arrays), casting values to ``store_dtype``."""
         m, n = res.shape
         sp = res.sparse
-        levels = res.info.get("levels") if res.info else None
         mod = cls(n, m, nnz=sp.nnz, rank=res.rank, has_signs=res.signs_packed is not None,
-                  has_levels=levels is not None, bias=bias is not None, store_dtype=store_dtype,
-                  compute_dtype=compute_dtype)
+                  has_levels=res.levels is not None, has_offset=res.row_offset is not None,
+                  bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype)
         crow = torch.as_tensor(sp.indptr).to(torch.int64)
         col = torch.as_tensor(sp.indices).to(torch.int64)
         rows = torch.repeat_interleave(torch.arange(m), crow[1:] - crow[:-1])
         dense_mask = torch.zeros(m, n, dtype=torch.bool)
         dense_mask[rows, col] = True
-        mod.mask.copy_(pack_signs_torch(dense_mask))
+        mod.mask.copy_(pack_signs(dense_mask))
         mod.rebuild_index()
         mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
         if res.rank:
@@ -95,9 +77,10 @@ class SLaBLinear(nn.Module):
             mod.V.copy_(torch.as_tensor(res.V).to(store_dtype))
         if res.signs_packed is not None:
             mod.signs.copy_(torch.as_tensor(res.signs_packed).to(torch.uint8))
-        if levels is not None:
-            mod.levels.copy_(torch.stack([torch.as_tensor(levels[0]), torch.as_tensor(levels[1])])
-                             .to(store_dtype))
+        if res.levels is not None:
+            mod.levels.copy_(torch.as_tensor(res.levels).to(store_dtype))
+        if res.row_offset is not None:
+            mod.row_offset.copy_(torch.as_tensor(res.row_offset).to(store_dtype))
         if bias is not None:
             mod.bias.copy_(bias.detach().to(store_dtype))
         return mod
@@ -109,7 +92,8 @@ class SLaBLinear(nn.Module):
         m, n = shape
         U = state.get("U")
         mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
-                  has_signs="signs" in state, has_levels="levels" in state, bias="bias" in state,
+                  has_signs="signs" in state, has_levels="levels" in state,
+                  has_offset="row_offset" in state, bias="bias" in state,
                   store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
         mod.load_state_dict(state, strict=True)
         mod.rebuild_index()
@@ -117,7 +101,7 @@ class SLaBLinear(nn.Module):
 
     def rebuild_index(self) -> None:
         """CSR ``crow``/``col`` from the stored bitmask (row-major, ascending columns)."""
-        dense_mask = unpack_signs_torch(self.mask, self.in_features, torch.int8) > 0
+        dense_mask = unpack_signs(self.mask, self.in_features, torch.int8) > 0
         _rows, cols = torch.nonzero(dense_mask, as_tuple=True)
         if cols.numel() != self.values.numel():
             raise ValueError(f"mask holds {cols.numel()} entries but {self.values.numel()} values are stored")
@@ -144,25 +128,18 @@ class SLaBLinear(nn.Module):
     def sign_matrix(self, dtype=None) -> torch.Tensor | None:
         if self.signs is None:
             return None
-        dtype = dtype or self.compute_dtype
-        if self.cache_signs:
-            if self._B is None or self._B.dtype != dtype:
-                self._B = unpack_signs_torch(self.signs, self.in_features, dtype)
-            return self._B
-        return unpack_signs_torch(self.signs, self.in_features, dtype)
+        return unpack_signs(self.signs, self.in_features, dtype or self.compute_dtype)
 
     def reconstruct(self, dtype=None) -> torch.Tensor:
         """The dense Ŵ (m×n) of the stored parts (for checks and the large-rank forward)."""
         dtype = dtype or self.compute_dtype
-        W = self.sparse_csr(dtype).to_dense()
-        B = self.sign_matrix(dtype)
-        if self.rank:
-            L = self.U.to(dtype) @ self.V.to(dtype).T
-            W = W + (L if B is None else L * B)
-        if self.levels is not None:
-            lv = self.levels.to(dtype)
-            W = W + torch.where(B > 0, lv[1][:, None], lv[0][:, None])
-        return W
+
+        def cast(t):
+            return None if t is None else t.to(dtype)
+
+        return dense_weight(self.sparse_csr(dtype).to_dense(), U=cast(self.U), V=cast(self.V),
+                            B=self.sign_matrix(dtype), levels=cast(self.levels),
+                            row_offset=cast(self.row_offset))
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +162,8 @@ class SLaBLinear(nn.Module):
                     z = xf * V[:, k]
                     z = z if B is None else z @ B.T
                     y = y + z * U[:, k] if B is not None else y + z.sum(-1, keepdim=True) * U[:, k]
+            if self.row_offset is not None:  # Ŵ += c·1ᵀ  ⇒  y += c·Σ_j x_j
+                y = y + xf.sum(-1, keepdim=True) * self.row_offset.to(dt)
         if self.bias is not None:
             y = y + self.bias.to(dt)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)

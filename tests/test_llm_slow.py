@@ -28,7 +28,7 @@ def test_loader_cache_and_config(smollm):
     model, _tok, path = smollm
     assert (path / "model.safetensors").is_file()
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
-    from slabopt.llm.compress import block_linears, decoder_layers
+    from slabopt.llm.arch import block_linears, decoder_layers
 
     assert sum(len(block_linears(b)) for b in decoder_layers(model)) == 210
     assert data.dequantised_checkpoint() == path  # second call hits the cache
@@ -40,7 +40,7 @@ def test_dense_perplexity_matches_spec(smollm):
     model, tok, path = smollm
     _, test = data.token_splits(tok, path)
     res = perplexity(model, test, 8 * 1024, 1024)
-    assert abs(res["perplexity"] - 12.1) < 0.15, res  # SPEC §5: ≈ 12.1 on the first 8 × 1024 tokens
+    assert abs(res["perplexity"] - 12.1) < 0.15, res  # formulation §7: ≈ 12.1, first 8 × 1024 tokens
 
 
 def test_cli_compress_eval_smollm(tmp_path, capsys):

@@ -1,0 +1,44 @@
+"""Tiny offline models and checkpoints shared by the model-pipeline tests (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def tiny_model(layers: int = 2, vocab: int = 96, seed: int = 0):
+    """A random LlamaForCausalLM with GQA shapes (hidden 48, 6 heads, 2 KV heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=layers,
+                      num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                      max_position_embeddings=64, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def windows(vocab: int = 96, n: int = 3, seqlen: int = 12, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, seqlen), generator=g)
+
+
+def save_checkpoint(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A tiny Llama checkpoint folder with a character-level WordLevel tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    fast.save_pretrained(folder)
+    tiny_model(layers=layers, vocab=len(vocab), seed=seed).save_pretrained(folder)
+    return Path(folder)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` except the manifest and the log, by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and p.name not in ("manifest.json", "layers.log")}
