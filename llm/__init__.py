@@ -1,1 +1,1 @@
-"""Llama-family adapter for slabopt, installed as ``slabopt.llm``."""
+"""Hugging Face decoder-model pipeline of slabopt, installed as ``slabopt.llm``."""

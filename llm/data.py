@@ -110,11 +110,11 @@ def resolve_model_path(model: str | None) -> Path:
     return path
 
 
-def check_llama_like(config) -> None:
-    """Refuse models whose decoder blocks are not Llama-like (self_attn q/k/v/o + mlp gate/up/down)."""
-    mt = getattr(config, "model_type", None)
-    if mt not in {"llama", "mistral", "qwen2", "qwen3"}:
-        raise UserError(f"model type {mt!r} is not Llama-like; supported: llama, mistral, qwen2, qwen3")
+def check_decoder_config(config) -> None:
+    """Refuse configs that are not decoder-only causal language models."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"model type {config.model_type!r} is an encoder-decoder model; slabopt "
+                        "compresses decoder-only causal language models")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -134,6 +134,10 @@ def _load_weights(path: Path, config, dtype):
             str(path), dtype=getattr(torch, dtype), local_files_only=True, output_loading_info=True,
             ignore_mismatched_sizes=True)  # reported below, with names and shapes
     except Exception as exc:  # transformers raises many types for damaged or mismatched files
+        if "Unrecognized configuration class" in str(exc):
+            raise UserError(f"model type {config.model_type!r} in {path} is not a causal language model "
+                            "(no AutoModelForCausalLM class); slabopt compresses decoder-only causal "
+                            "language models") from None
         raise UserError(f"cannot load the weights in {path} ({_first_line(exc)}); are they complete "
                         "and made for its config.json?") from None
     tied = getattr(config, "tie_word_embeddings", False)
@@ -147,8 +151,12 @@ def _load_weights(path: Path, config, dtype):
     return net
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def load_model(model: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer, path) for the shipped SmolLM2 or a local Llama-family checkpoint."""
+    """(model, tokenizer, path) for the shipped SmolLM2 or a local decoder checkpoint, on the CPU in
+    the storage ``dtype`` (one of :data:`DTYPES`)."""
     from transformers import AutoConfig, AutoTokenizer
 
     path = resolve_model_path(model)
@@ -156,7 +164,7 @@ def load_model(model: str | None = None, dtype: str = "float32"):
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise UserError(f"cannot read the model config in {path}: {_first_line(exc)}") from None
-    check_llama_like(config)
+    check_decoder_config(config)
     net = _load_weights(path, config, dtype)
     net.eval()
     try:

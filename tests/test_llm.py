@@ -19,8 +19,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 from slabopt.llm import cli  # noqa: E402
 from slabopt.llm.arch import block_linears, decoder_layers  # noqa: E402
 from slabopt.llm.checkpoint import load_compressed  # noqa: E402
-from slabopt.llm.compress import compress_model  # noqa: E402
 from slabopt.llm.errors import UserError  # noqa: E402
+from slabopt.llm.pipeline import compress_model  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
@@ -32,7 +32,7 @@ METHODS = ["slab", "magnitude", "wanda", "sparsegpt", "oats", "svd"]
 
 
 def _available(method):
-    from slabopt.llm.compress import solver_name
+    from slabopt.llm.pipeline import solver_name
 
     if solver_name(method) not in slabopt.methods():
         pytest.skip(f"method {method!r} is not registered yet")
@@ -220,13 +220,37 @@ def test_cli_not_a_checkpoint(tmp_path, capsys):
     assert code == 2 and "config.json" in err
 
 
-def test_cli_non_llama_model(tmp_path, capsys):
-    from transformers import GPT2Config
+def _with_tokenizer(d, tmp_path):
+    import shutil
+
+    src = save_checkpoint(tmp_path / "llama")
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, d / f.name)
+    return d
+
+
+def test_cli_model_without_linear_layers(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     d = tmp_path / "gpt2"
-    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(d)
-    code, _, err = _run_cli(["compress", "--model", str(d), "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "not Llama-like" in err and "Traceback" not in err
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=96)).save_pretrained(d)
+    code, _, err = _run_cli(["compress", "--model", str(_with_tokenizer(d, tmp_path)), "--out",
+                             str(tmp_path / "o")], capsys)
+    assert code == 2 and "torch.nn.Linear" in err and "Traceback" not in err  # GPT-2 uses Conv1D
+
+
+@pytest.mark.parametrize("kind", ["t5", "distilbert"])
+def test_cli_models_that_are_not_decoders(tmp_path, capsys, kind):
+    from transformers import AutoConfig, AutoModel
+
+    d = tmp_path / kind
+    cfg = AutoConfig.for_model(kind, vocab_size=96, d_model=16, dim=16, hidden_dim=32, n_layers=1,
+                               num_layers=1, num_heads=2, n_heads=2, d_ff=32, d_kv=8)
+    AutoModel.from_config(cfg).save_pretrained(d)
+    code, _, err = _run_cli(["compress", "--model", str(_with_tokenizer(d, tmp_path)), "--out",
+                             str(tmp_path / "o")], capsys)
+    assert code == 2 and "decoder-only" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("bad", [["--ratio", "1.5"], ["--ratio", "0"], ["--ratio", "abc"],
@@ -328,7 +352,7 @@ def test_cached_weight_forward_matches_factored():
 
 
 def test_cli_interrupted_then_resume(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    import slabopt.llm.compress as comp
+    import slabopt.llm.pipeline as comp
 
     base = ["compress", "--model", str(tiny_checkpoint), "--calib-tokens", "48", "--seqlen", "16",
             "--max-iter", "2", "--seed", "4"]

@@ -14,8 +14,8 @@ pytest.importorskip("safetensors")
 
 from slabopt.llm import checkpoint, cli  # noqa: E402
 from slabopt.llm.checkpoint import load_compressed  # noqa: E402
-from slabopt.llm.compress import ResumeMismatch, compress_model  # noqa: E402
 from slabopt.llm.errors import UserError  # noqa: E402
+from slabopt.llm.pipeline import ResumeMismatch, compress_model  # noqa: E402
 
 from ._llm import folder_bytes, save_checkpoint, tiny_model, windows  # noqa: E402
 
@@ -136,7 +136,7 @@ def test_existing_empty_folder_is_used(ckpt, tmp_path, capsys):
 def test_resume_refuses_another_model_with_the_same_config(ckpt, ckpt_other, tmp_path, capsys,
                                                             monkeypatch):
     assert (ckpt / "config.json").read_bytes() == (ckpt_other / "config.json").read_bytes()
-    import slabopt.llm.compress as comp
+    import slabopt.llm.pipeline as comp
 
     real = comp.compress_model
     monkeypatch.setattr(comp, "compress_model",
@@ -231,7 +231,7 @@ def test_no_verify_loads_an_intact_folder(compressed, capsys):
 
 
 def test_resume_of_a_damaged_block_names_it(ckpt, tmp_path, capsys, monkeypatch):
-    import slabopt.llm.compress as comp
+    import slabopt.llm.pipeline as comp
 
     real = comp.compress_model
 
@@ -347,7 +347,7 @@ def test_a_kill_while_creating_the_folder_leaves_nothing_in_the_way(tmp_path, mo
 
 
 def test_a_kill_right_after_creation_is_accepted_by_resume_and_overwrite(tmp_path, monkeypatch):
-    import slabopt.llm.compress as comp
+    import slabopt.llm.pipeline as comp
 
     def dying_save_rest(*a, **k):
         raise _Killed

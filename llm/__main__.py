@@ -1,0 +1,7 @@
+"""``python -m slabopt.llm`` is the ``slabopt`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

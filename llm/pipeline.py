@@ -1,0 +1,410 @@
+"""Block-by-block calibration and compression of a decoder model into an output folder.
+
+The model stays on the CPU in its storage dtype. Each decoder block in turn is moved to the compute
+device, fed the outputs of the already-compressed blocks before it (kept on the CPU between blocks),
+its linear layers are solved one by one from the block's input statistics (column norms d, or the
+Gram matrix XᵀX for solvers registered with ``needs_gram``) and replaced by :class:`SLaBLinear`
+layers, and the block goes back to the CPU -- the sequential onloading of SparseGPT, Wanda and
+llm-compressor. After each block the folder records the block and the next block's inputs (see
+:mod:`.checkpoint`), so a killed run continues with ``resume=True`` and writes the same bytes as an
+uninterrupted run (every layer's seed depends only on its index; no wall-clock time is stored in a
+block file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import slabopt
+from slabopt.registry import get_method
+
+from .arch import (
+    DEFAULT_IGNORE,
+    block_linears,
+    block_prefix,
+    capture_calls,
+    decoder_layers,
+    map_tensors,
+    set_module,
+)
+from .checkpoint import (
+    FORMAT,
+    REST,
+    Checkpoint,
+    block_file,
+    check_output,
+    clear_folder,
+    create_folder,
+    fingerprint_difference,
+    load_block,
+    read_manifest,
+    read_tensors,
+    resume_file,
+    save_block,
+    save_rest,
+    size_report,
+    source_fingerprint,
+    verify_files,
+)
+from .errors import UserError
+from .slablinear import SLaBLinear
+
+CLI_ALIASES = {"slab": "alternating"}
+STORE_DTYPES = {16: torch.float16, 32: torch.float32}
+
+
+class ResumeMismatch(UserError):
+    """``resume`` was asked for a folder made from other settings or another source model."""
+
+
+def solver_name(method: str) -> str:
+    return CLI_ALIASES.get(method, method)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """What decides the compressed model: method, budget, solver settings and which layers.
+
+    ``targets`` / ``ignore`` are regular expressions on the full names of the linear layers inside
+    the decoder blocks (``re.search``); ``None`` targets every one. ``options`` are the solver's own
+    keywords.
+    """
+
+    method: str = "slab"
+    ratio: float = 0.5
+    rank: int = 1
+    seed: int = 0
+    max_iter: int | None = None
+    value_bits: int = 16
+    index_bits: int = 0
+    pattern: str = "row"
+    options: Mapping = field(default_factory=dict)
+    targets: str | None = None
+    ignore: str | None = DEFAULT_IGNORE
+
+    @property
+    def solver(self) -> str:
+        return solver_name(self.method)
+
+    def check(self):
+        """The registered method's info; ``UserError`` for settings that cannot be saved."""
+        try:
+            info = get_method(self.solver)
+        except ValueError:
+            raise UserError(f"unknown method {self.method!r}; available: slab (= alternating), "
+                            f"{', '.join(slabopt.methods())}") from None
+        if not info.fixed_budget and not self.options.get("project", False):
+            raise UserError(f"method {self.method!r} has no fixed budget (it keeps whatever rank and "
+                            "nonzeros it reaches), so the saved model could be larger than the ratio "
+                            "says; add --option project=true to project each layer to the budget")
+        if self.value_bits not in STORE_DTYPES:
+            raise UserError(f"value bits must be 16 or 32 for a saved model, got {self.value_bits}")
+        return info
+
+    def record(self, windows: torch.Tensor, text: str | None, dtype: torch.dtype) -> dict:
+        """The settings as stored in the manifest and compared by ``resume``."""
+        return {**asdict(self), "options": dict(self.options), "solver": self.solver,
+                "store_dtype": f"float{self.value_bits}", "model_dtype": str(dtype).removeprefix("torch."),
+                "windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
+                "calib_tokens": int(windows.numel()), "calib_sha256": _tensor_sha256(windows), "text": text}
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None → CUDA when present, else CPU; ``UserError`` for a device that is not there."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N, auto") from None
+    missing = not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    if dev.type == "cuda" and missing:
+        raise UserError(f"device {device!r} is not available here ({torch.cuda.device_count()} CUDA "
+                        "devices); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r} is not supported; allowed: cpu, cuda, cuda:N, auto")
+    return dev
+
+
+# --------------------------------------------------------------------------- calibration
+def _run_block(block, inputs: list, calls: list, device: torch.device) -> list:
+    """Outputs of ``block`` for each batch of ``inputs`` (kept on the CPU)."""
+    outs = []
+    for hs, (args, kwargs) in zip(inputs, calls, strict=True):
+        args, kwargs = map_tensors((args, kwargs), lambda t: t.to(device))
+        out = block(hs.to(device), *args, **kwargs)
+        outs.append((out[0] if isinstance(out, tuple) else out).detach().to("cpu"))
+    return outs
+
+
+@torch.no_grad()
+def collect_stats(block, inputs, calls, lin: dict, need_gram: bool, device: torch.device):
+    """Per-linear input statistics over all calibration tokens: Σx² per column (and XᵀX).
+
+    Linear layers fed the very same tensor (q/k/v, gate/up) share one accumulator: it is computed
+    once, by the first of them. Sums are in float64 on the compute device.
+    """
+    acc: dict[str, dict] = {}
+    owner: dict[str, str] = {}
+    seen: dict[int, tuple] = {}  # id → (owner, tensor); holding the tensor keeps its id unique
+
+    def make_hook(name):
+        def hook(_mod, args):
+            x = args[0]
+            key = seen.get(id(x), (None,))[0]
+            if key is None:
+                seen[id(x)] = (name, x)
+                key = name
+                xf = x.reshape(-1, x.shape[-1]).to(torch.float64)
+                a = acc.setdefault(name, {"sq": torch.zeros(xf.shape[1], dtype=torch.float64,
+                                                            device=xf.device)})
+                a["sq"] += (xf * xf).sum(0)
+                if need_gram:
+                    a["gram"] = a.get("gram", 0) + xf.T @ xf
+            owner[name] = key
+        return hook
+
+    hooks = [m.register_forward_pre_hook(make_hook(n)) for n, m in lin.items()]
+    try:
+        for hs, (args, kwargs) in zip(inputs, calls, strict=True):
+            seen.clear()
+            args, kwargs = map_tensors((args, kwargs), lambda t: t.to(device))
+            block(hs.to(device), *args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: acc[owner[n]] for n in lin}, owner
+
+
+def layer_seed(seed: int, block: int, j: int) -> int:
+    return seed + 1000 * block + j
+
+
+# ------------------------------------------------------------------------------- solving
+def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
+    W = mod.weight.detach().to(torch.float32)
+    kw = {"gram": st["gram"].to(torch.float32)} if need_gram else {
+        "col_norms": st["sq"].sqrt().to(torch.float32)}
+    try:
+        res = slabopt.solve(W, ratio=cfg.ratio, rank=cfg.rank, method=cfg.solver,
+                            seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
+                            value_bits=cfg.value_bits, index_bits=cfg.index_bits, pattern=cfg.pattern,
+                            **kw, **cfg.options)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
+    allowed = (1 - Fraction(cfg.ratio)) * res.dense_bits
+    if res.bits > allowed:
+        raise UserError(f"block {b} layer {name}: method {cfg.method!r} stores {res.bits} bits, more "
+                        f"than the {int(allowed)} bits that ratio {cfg.ratio} allows")
+    return res
+
+
+def _log_entry(b: int, name: str, res, owner: str) -> dict:
+    return {"block": b, "name": name, "shape": list(res.shape), "nnz": res.sparse.nnz, "rank": res.rank,
+            "bits": int(res.bits), "ratio": res.ratio, "relative_error": res.relative_error,
+            "objective": res.objective, "objective_full": res.objective_full, "n_iter": res.n_iter,
+            "seconds": res.wall_time, "stats_from": owner}
+
+
+def _compress_block(block, b, prefix, inputs, calls, cfg: CompressConfig, need_gram, device, pbar):
+    """Replace the target linear layers of ``block`` (on ``device``) by compressed ones; log them."""
+    dtype = next(block.parameters()).dtype
+    lin = block_linears(block, prefix, cfg.targets, cfg.ignore)
+    stats, owner = collect_stats(block, inputs, calls, lin, need_gram, device)
+    entries = []
+    for j, (name, mod) in enumerate(lin.items()):
+        if pbar is not None:
+            pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
+        res = _solve_layer(mod, stats[name], b, j, name, cfg, need_gram)
+        new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=STORE_DTYPES[cfg.value_bits],
+                                     compute_dtype=dtype).to(device)
+        new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
+        set_module(block, name, new)
+        entries.append(_log_entry(b, name, res, owner[name]))
+    return entries
+
+
+def _log_line(e: dict) -> str:
+    return (f"block {e['block']:3d} {e['name']:22s} {tuple(e['shape'])!s:12s} ratio {e['ratio']:.4f} "
+            f"rel.err {e['relative_error']:.4g} iters {e['n_iter']} {e['seconds']:.2f}s")
+
+
+# ---------------------------------------------------------------------------- the folder
+def _new_manifest(settings: dict, source: dict, model) -> dict:
+    return {"format": FORMAT, "slabopt_version": slabopt.__version__, "complete": False,
+            "next_block": 0, "num_blocks": len(decoder_layers(model)),
+            "architecture": model.config.model_type, "settings": settings, "source": source,
+            "files": {}, "layers": [], "compress_seconds": 0.0}
+
+
+def _reopen(out: Path, settings: dict, source: dict) -> Checkpoint:
+    """The folder of an earlier run with the same settings and source model, cleaned and verified."""
+    man = read_manifest(out)
+    if man["settings"] != settings:
+        diff = {k: (man["settings"].get(k), v) for k, v in settings.items() if man["settings"].get(k) != v}
+        raise ResumeMismatch(f"cannot resume {out}: its settings differ (old, new): {diff}")
+    old = man.get("source", {}).get("files", {})
+    if old != source["files"]:
+        raise ResumeMismatch(f"cannot resume {out}: it was made from another source model "
+                             f"({fingerprint_difference(old, source['files'])})")
+    ck = Checkpoint(out, man)
+    if man.get("complete"):
+        verify_files(out, man)
+        return ck
+    ck.drop_unfinished()
+    nxt = int(man["next_block"])
+    for name in list(ck.files):  # inputs of blocks already done, blocks not yet committed
+        if (name.startswith("resume/") and name != resume_file(nxt)) or (
+                name.startswith("blocks/") and name >= block_file(nxt)):
+            ck.remove(name)
+    man["layers"] = [e for e in man["layers"] if e["block"] < nxt]
+    ck.save()
+    verify_files(out, man)
+    return ck
+
+
+def open_output(out: Path, settings: dict, source: dict, model, *, resume: bool,
+                overwrite: bool) -> Checkpoint:
+    """A :class:`Checkpoint` for ``out``: a new folder, a replaced one, or an earlier run to resume."""
+    action = check_output(out, resume=resume, overwrite=overwrite)
+    if action == "resume":
+        return _reopen(out, settings, source)
+    if action == "overwrite":
+        clear_folder(out)
+    man = _new_manifest(settings, source, model)
+    create_folder(out, man)
+    return Checkpoint(out, man)
+
+
+def _restore(model, ck: Checkpoint, inputs: list) -> list:
+    """Load the blocks an earlier run finished; return the inputs of the next block."""
+    nxt = int(ck.manifest["next_block"])
+    layers = decoder_layers(model)
+    dtype = next(model.parameters()).dtype
+    for b in range(nxt):
+        load_block(layers[b], ck.folder, b, dtype)
+    if nxt == 0 or nxt == len(layers):  # nothing left to run: no inputs were saved
+        return inputs
+    state, _ = read_tensors(ck.folder / resume_file(nxt))
+    return [state[f"input_{i}"] for i in range(len(inputs))]
+
+
+def _commit_block(ck: Checkpoint, b: int, block, inputs: list, entries: list, seconds: float) -> None:
+    """Write block ``b`` and the next block's inputs, then advance the manifest to ``b + 1``."""
+    last = b + 1 == ck.manifest["num_blocks"]
+    names = [block_file(b)] + ([] if last else [resume_file(b + 1)])
+    ck.announce(*names)
+    save_block(ck, b, block)
+    if not last:
+        save_file({f"input_{i}": x.contiguous() for i, x in enumerate(inputs)},
+                  str(ck.path(resume_file(b + 1))))
+    for name in names:
+        ck.record(name)
+    man = ck.manifest
+    man["next_block"] = b + 1
+    man["layers"].extend(entries)
+    man["compress_seconds"] += seconds
+    ck.save()
+    if b > 0:
+        ck.remove(resume_file(b))
+        ck.save()
+
+
+def _target_names(model, cfg: CompressConfig) -> set[str]:
+    names = set()
+    for b, block in enumerate(decoder_layers(model)):
+        prefix = block_prefix(model, b)
+        names |= {prefix + n for n in block_linears(block, prefix, cfg.targets, cfg.ignore)}
+    if not names:
+        raise UserError(f"no linear layer of {type(model).__name__}'s decoder blocks matches targets "
+                        f"{cfg.targets!r} and not ignore {cfg.ignore!r} (slabopt compresses "
+                        "torch.nn.Linear layers)")
+    return names
+
+
+# --------------------------------------------------------------------------------- driver
+@torch.no_grad()
+def compress_model(model, windows: torch.Tensor, out_dir: Path, config: CompressConfig | None = None, *,
+                   device: str | torch.device = "cpu", resume: bool = False, overwrite: bool = False,
+                   source: dict | None = None, text: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] | None = print,
+                   on_block_done: Callable[[int], None] | None = None,
+                   source_dir: Path | None = None, **settings) -> dict:
+    """Compress the decoder linear layers block by block into ``out_dir``; return the manifest.
+
+    ``config`` (or its fields as keywords, e.g. ``method="wanda", ratio=0.6``) says what to do;
+    ``device`` where blocks are calibrated and solved (the model itself stays where it is).
+    ``resume`` continues an unfinished folder made with the same settings from the same source
+    model (their hashes are compared); ``overwrite`` replaces a folder slabopt wrote. ``source``
+    describes the model for the manifest (name, path); ``source_dir`` is its checkpoint folder,
+    whose config and weight files are hashed (without it, the tensors in memory are).
+    """
+    cfg = replace(config or CompressConfig(), **settings)
+    info = cfg.check()
+    dev = resolve_device(device)
+    out_dir = Path(out_dir)
+    record = cfg.record(windows, text, next(model.parameters()).dtype)
+    targets = _target_names(model, cfg)
+    check_output(out_dir, resume=resume, overwrite=overwrite)  # fail before the costly hashing
+    src = dict(source or {}, files=source_fingerprint(source_dir, None if source_dir else model.state_dict()))
+    ck = open_output(out_dir, record, src, model, resume=resume, overwrite=overwrite)
+    if ck.manifest["complete"]:
+        if log:
+            log(f"{out_dir} is already complete; nothing to do")
+        return ck.manifest
+    layers = decoder_layers(model)
+    inputs, calls = capture_calls(model, windows)
+    inputs = _restore(model, ck, inputs)
+    start = int(ck.manifest["next_block"])
+    if start == 0 and REST not in ck.files:
+        save_rest(ck, model, source_dir, targets)
+    elif log:
+        log(f"resuming {out_dir} at block {start}/{len(layers)}")
+    _compress_blocks(model, ck, inputs, calls, cfg, info.needs_gram, dev, progress, log, on_block_done)
+    ck.manifest["sizes"] = size_report(out_dir, ck.manifest["layers"])
+    ck.manifest["complete"] = True
+    ck.save()
+    return ck.manifest
+
+
+def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done):
+    layers = decoder_layers(model)
+    start = int(ck.manifest["next_block"])
+    pbar = None
+    if progress:
+        from tqdm import tqdm
+
+        pbar = tqdm(total=len(layers), initial=start, desc=f"{cfg.method} r={cfg.ratio}", unit="block")
+    for b in range(start, len(layers)):
+        t0 = time.perf_counter()
+        block = layers[b].to(dev)
+        entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg, need_gram,
+                                  dev, pbar)
+        inputs = _run_block(block, inputs, calls[b], dev)
+        for mod in block.modules():
+            if isinstance(mod, SLaBLinear):
+                mod.set_cache_weight(False)  # memory stays near one model
+        layers[b] = block.to("cpu")
+        _commit_block(ck, b, block, inputs, entries, time.perf_counter() - t0)
+        for e in entries:
+            ck.log(_log_line(e))
+            if log:
+                log(_log_line(e))
+        if pbar is not None:
+            pbar.update(1)
+        if on_block_done is not None:
+            on_block_done(b)
+    if pbar is not None:
+        pbar.close()
