@@ -101,16 +101,18 @@ def _compress(loaded, out: Path, cfg, *, calib_tokens: int, seqlen: int, device:
     """Compress the loaded (model, tokenizer, path, name) into ``out`` with ``cfg``; the manifest."""
     import torch
 
-    from .data import calibration_windows, token_splits
+    from .data import bos_token, calibration_windows, token_splits
     from .pipeline import compress_model
 
     model, tok, path, name = loaded
     calib, _ = token_splits(tok, path)
-    windows = calibration_windows(calib, calib_tokens, seqlen, cfg.seed)
+    bos = bos_token(tok)
+    windows = calibration_windows(calib, calib_tokens, seqlen, cfg.seed, bos)
+    text = CALIB_TEXT + ("; each window starts with the BOS token" if bos is not None else "")
     t0 = time.perf_counter()
     with torch.no_grad():
         man = compress_model(model, windows, out, cfg, device=device, resume=resume, overwrite=overwrite,
-                             source={"model": name, "path": str(path)}, text=CALIB_TEXT,
+                             source={"model": name, "path": str(path)}, text=text,
                              progress=progress, log=log, source_dir=path)
     man["wall_seconds_this_run"] = time.perf_counter() - t0
     return man
@@ -144,6 +146,7 @@ def cmd_compress(args) -> int:
                     log=print if args.verbose else None)
     s = man["sizes"]
     print(f"compressed {args.method} ratio {args.ratio} rank {args.rank} -> {out}")
+    print(f"  calibration text: {man['settings']['text']}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {s['linear_dense16_bytes']:,} "
           f"dense 16-bit ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
           f"{s['linear_budget_ratio']:.4f}); compression {man['compress_seconds']:.1f}s; "
@@ -152,7 +155,7 @@ def cmd_compress(args) -> int:
 
 
 def _evaluate(model, tok, path, tokens, seqlen, progress=False) -> dict:
-    from .data import token_splits
+    from .data import bos_token, token_splits
     from .evaluate import perplexity
     from .slablinear import SLaBLinear
 
@@ -160,7 +163,7 @@ def _evaluate(model, tok, path, tokens, seqlen, progress=False) -> dict:
         if isinstance(mod, SLaBLinear):
             mod.set_cache_weight(True)
     _, test = token_splits(tok, path)
-    return perplexity(model, test, tokens, seqlen, progress=progress)
+    return perplexity(model, test, tokens, seqlen, progress=progress, bos=bos_token(tok))
 
 
 def _load_folder(d: Path, verify: bool, dtype: str, device: str):
@@ -208,8 +211,8 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(res, default=str))
     else:
-        print(f"perplexity {res['perplexity']:.4f}  ({res['windows']} windows x {res['seqlen']} tokens, "
-              f"{info.get('method')})")
+        print(f"perplexity {res['perplexity']:.4f}  ({res['windows']} windows x {res['seqlen']} tokens"
+              f"{', each starting with BOS' if res['bos'] else ''}, {info.get('method')})")
     return 0
 
 

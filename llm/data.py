@@ -245,13 +245,26 @@ def token_splits(tok, path: Path | None = None):
     return res
 
 
-def calibration_windows(calib_ids, n_tokens: int, seqlen: int, seed: int):
-    """⌈n_tokens/seqlen⌉ windows of ``seqlen`` tokens at seeded random offsets of the calibration split."""
+def bos_token(tok) -> int | None:
+    """The BOS id when the model's tokenizer puts one at the head of every text by default (Gemma,
+    Llama 2/3), else ``None`` (SmolLM2): the convention calibration and evaluation windows follow."""
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tok("a")["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def calibration_windows(calib_ids, n_tokens: int, seqlen: int, seed: int, bos: int | None = None):
+    """⌈n_tokens/seqlen⌉ windows of ``seqlen`` tokens at seeded random offsets of the calibration
+    split; with ``bos``, each window is BOS followed by seqlen − 1 text tokens."""
     import torch
 
     n = max(1, -(-n_tokens // seqlen))
-    if calib_ids.numel() <= seqlen:
+    take = seqlen - (bos is not None)
+    if calib_ids.numel() <= take:
         raise UserError(f"calibration text has only {calib_ids.numel()} tokens (< seqlen {seqlen})")
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, calib_ids.numel() - seqlen, (n,), generator=g)
-    return torch.stack([calib_ids[s:s + seqlen] for s in starts.tolist()])
+    starts = torch.randint(0, calib_ids.numel() - take, (n,), generator=g)
+    head = [] if bos is None else [torch.tensor([bos], dtype=calib_ids.dtype)]
+    return torch.stack([torch.cat([*head, calib_ids[s:s + take]]) for s in starts.tolist()])

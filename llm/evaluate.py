@@ -11,21 +11,25 @@ from .data import UserError
 
 @torch.no_grad()
 def perplexity(model, test_ids: torch.Tensor, tokens: int = 8192, seqlen: int = 1024,
-               batch: int = 1, progress: bool = False) -> dict:
-    """exp(mean next-token NLL) over the first ⌊tokens/seqlen⌋ windows of ``seqlen`` test tokens.
+               batch: int = 1, progress: bool = False, bos: int | None = None) -> dict:
+    """exp(mean next-token NLL) over the first ⌊tokens/seqlen⌋ windows of ``seqlen`` tokens.
 
     Each window is scored independently (no context carried over); the first token of each window
-    has no prediction, so a window contributes seqlen − 1 predictions.
+    has no prediction, so a window contributes seqlen − 1 predictions. With ``bos`` (models whose
+    tokenizer adds it), a window is BOS followed by seqlen − 1 consecutive test tokens.
     """
     if seqlen < 2:
         raise UserError(f"seqlen must be >= 2, got {seqlen}")
     n_win = tokens // seqlen
     if n_win < 1:
         raise UserError(f"--tokens {tokens} is smaller than one window of seqlen {seqlen}")
-    if n_win * seqlen > test_ids.numel():
+    take = seqlen - (bos is not None)
+    if n_win * take > test_ids.numel():
         raise UserError(f"the test split has {test_ids.numel()} tokens; {n_win} windows of {seqlen} "
                         "do not fit")
-    wins = test_ids[: n_win * seqlen].view(n_win, seqlen)
+    wins = test_ids[: n_win * take].view(n_win, take)
+    if bos is not None:
+        wins = torch.cat([torch.full((n_win, 1), bos, dtype=wins.dtype), wins], dim=1)
     nll, count = 0.0, 0
     it = range(0, n_win, batch)
     if progress:
@@ -33,11 +37,11 @@ def perplexity(model, test_ids: torch.Tensor, tokens: int = 8192, seqlen: int = 
 
         it = tqdm(it, desc="eval", unit="batch", leave=False)
     for i in it:
-        x = wins[i:i + batch]
+        x = wins[i:i + batch].to(model.device)
         logits = model(input_ids=x, use_cache=False).logits.float()
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
         nll += float(loss)
         count += x[:, 1:].numel()
     return {"perplexity": math.exp(nll / count), "nll": nll / count, "windows": n_win,
-            "seqlen": seqlen, "tokens": n_win * seqlen, "predictions": count}
+            "seqlen": seqlen, "tokens": n_win * take, "predictions": count, "bos": bos is not None}
