@@ -11,19 +11,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from slabopt._validation import check_int, check_ratio
 
 from .arch import DEFAULT_IGNORE
-from .data import CALIB_TEXT, DEFAULT_MODEL_NAME, DTYPES, TEST_TEXT  # data.py sets the offline mode
+from .data import DTYPES, TEST_TEXT  # data.py sets the offline mode
 from .errors import UserError
 
 QUICK = dict(ratios=[0.5], methods=["magnitude", "wanda", "sparsegpt", "slab"], calib_tokens=2048,
              seqlen=256, tokens=2048, max_iter=20)
 FULL = dict(ratios=[0.5, 0.6, 0.7], methods=["magnitude", "wanda", "sparsegpt", "oats", "slab"],
             calib_tokens=16384, seqlen=1024, tokens=8192, max_iter=None)
-COMPARE_FORMAT = "slabopt-compare/1"
 
 
 def _arg_type(check: Callable, name: str, *bounds) -> Callable[[str], object]:
@@ -64,58 +64,11 @@ def _option(s: str) -> tuple[str, object]:
     return key, raw
 
 
-def _split_options(methods: list[str], options: dict) -> dict[str, dict]:
-    """Per method, the ``--option`` keys its solver accepts (compare runs several solvers at once)."""
-    from slabopt.registry import get_method
-
-    from .pipeline import solver_name
-
-    accepted = {m: set(get_method(solver_name(m)).option_names()) for m in methods}
-    unused = [k for k in options if not any(k in a for a in accepted.values())]
-    if unused:
-        raise UserError(f"option(s) {', '.join(unused)} accepted by none of the methods "
-                        f"{', '.join(methods)}")
-    return {m: {k: v for k, v in options.items() if k in accepted[m]} for m in methods}
-
-
-def _check_method(method: str) -> str:
-    import slabopt
-
-    from .pipeline import solver_name
-
-    if solver_name(method) not in slabopt.methods():
-        raise UserError(f"unknown method {method!r}; available: slab (= alternating), "
-                        f"{', '.join(sorted(slabopt.methods()))}")
-    return method
-
-
 def _threads(n: int | None) -> None:
     import torch
 
     if n:
         torch.set_num_threads(n)
-
-
-def _compress(loaded, out: Path, cfg, *, calib_tokens: int, seqlen: int, device: str, resume: bool,
-              overwrite: bool, progress: bool = True, log: Callable | None = None) -> dict:
-    """Compress the loaded (model, tokenizer, path, name) into ``out`` with ``cfg``; the manifest."""
-    import torch
-
-    from .data import bos_token, calibration_windows, token_splits
-    from .pipeline import compress_model
-
-    model, tok, path, name = loaded
-    calib, _ = token_splits(tok, path)
-    bos = bos_token(tok)
-    windows = calibration_windows(calib, calib_tokens, seqlen, cfg.seed, bos)
-    text = CALIB_TEXT + ("; each window starts with the BOS token" if bos is not None else "")
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        man = compress_model(model, windows, out, cfg, device=device, resume=resume, overwrite=overwrite,
-                             source={"model": name, "path": str(path)}, text=text,
-                             progress=progress, log=log, source_dir=path)
-    man["wall_seconds_this_run"] = time.perf_counter() - t0
-    return man
 
 
 def _config(args, method: str, ratio: float, options: dict):
@@ -125,25 +78,15 @@ def _config(args, method: str, ratio: float, options: dict):
                           options=options, targets=args.targets, ignore=args.ignore or None)
 
 
-def _load(model_arg: str | None, dtype: str = "float32"):
-    from .data import load_model
-
-    model, tok, path = load_model(model_arg, dtype)
-    return model, tok, path, model_arg or DEFAULT_MODEL_NAME
-
-
 def cmd_compress(args) -> int:
-    from .checkpoint import check_output
+    from .pipeline import compress_checkpoint
 
     _threads(args.threads)
-    _check_method(args.method)
     out = Path(args.out)
-    check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the slow model load
     cfg = _config(args, args.method, args.ratio, dict(args.option or []))
-    cfg.check()
-    man = _compress(_load(args.model, args.dtype), out, cfg, calib_tokens=args.calib_tokens,
-                    seqlen=args.seqlen, device=args.device, resume=args.resume, overwrite=args.overwrite,
-                    log=print if args.verbose else None)
+    man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
+                              dtype=args.dtype, device=args.device, resume=args.resume,
+                              overwrite=args.overwrite, log=print if args.verbose else None)
     s = man["sizes"]
     print(f"compressed {args.method} ratio {args.ratio} rank {args.rank} -> {out}")
     print(f"  calibration text: {man['settings']['text']}")
@@ -154,59 +97,20 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _evaluate(model, tok, path, tokens, seqlen, progress=False) -> dict:
-    from .data import bos_token, token_splits
-    from .evaluate import perplexity
-    from .slablinear import SLaBLinear
-
-    for mod in model.modules():  # dense Ŵ per layer: same result, several times faster on CPU
-        if isinstance(mod, SLaBLinear):
-            mod.set_cache_weight(True)
-    _, test = token_splits(tok, path)
-    return perplexity(model, test, tokens, seqlen, progress=progress, bos=bos_token(tok))
-
-
-def _load_folder(d: Path, verify: bool, dtype: str, device: str):
-    from transformers import AutoTokenizer
-
-    from .checkpoint import load_compressed
-
-    if not d.exists():
-        raise UserError(f"{d} does not exist (give a folder written by `slabopt compress`, or 'dense')")
-    import torch
-
-    model, man = load_compressed(d, getattr(torch, dtype), verify=verify, device=device)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot load the tokenizer saved in {d}: {str(exc).splitlines()[0]}") from None
-    st = man["settings"]
-    info = {"model": man.get("source", {}).get("model"), "method": st.get("method"),
-            "ratio": st.get("ratio"), "rank": st.get("rank"), "seed": st.get("seed"),
-            "calib_tokens": st.get("calib_tokens"), "calib_seqlen": st.get("seqlen"),
-            "sizes": man.get("sizes"), "folder": str(d)}
-    return model, tok, info
-
-
 def cmd_eval(args) -> int:
     import torch
+
+    from .evaluate import evaluate_model, load_target
+    from .pipeline import resolve_device
 
     _threads(args.threads)
     if args.seqlen < 2:
         raise UserError(f"--seqlen must be >= 2, got {args.seqlen}")
-    from .pipeline import resolve_device
-
-    device = resolve_device(args.device)
-    if args.target == "dense":
-        model, tok, path, name = _load(args.model, args.dtype)
-        model.to(device)
-        info = {"model": name, "method": "dense", "model_path": str(path)}
-    else:
-        path = Path(args.target)
-        model, tok, info = _load_folder(path, not args.no_verify, args.dtype, device)
+    model, tok, path, info = load_target(args.target, args.model, args.dtype, resolve_device(args.device),
+                                         verify=not args.no_verify)
     t0 = time.perf_counter()
     with torch.no_grad():
-        res = _evaluate(model, tok, path, args.tokens, args.seqlen, progress=not args.json)
+        res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=not args.json)
     res.update(info, eval_seconds=time.perf_counter() - t0, text=TEST_TEXT)
     if args.json:
         print(json.dumps(res, default=str))
@@ -216,110 +120,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------- compare
-def _compare_outputs(work: Path, png: Path) -> dict[str, Path]:
-    """The files ``compare`` writes; refuses when one exists that an earlier compare did not write."""
-    outputs = {"md": work / "results.md", "json": work / "results.json", "png": png}
-    written: list[str] = []
-    if outputs["json"].is_file():
-        try:
-            old = json.loads(outputs["json"].read_text(encoding="utf-8"))
-            if isinstance(old, dict) and old.get("format") == COMPARE_FORMAT:
-                written = old.get("written", [])
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            pass
-    for path in outputs.values():
-        if (path.exists() or path.is_symlink()) and str(path.resolve()) not in written:
-            raise UserError(f"{path} exists and was not written by `slabopt compare`; refusing to "
-                            "overwrite it (choose another --work-dir or --plot)")
-    return outputs
-
-
-def _compare_settings(args) -> dict:
-    preset = QUICK if args.quick else FULL
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return {"model": args.model or DEFAULT_MODEL_NAME, "text": TEST_TEXT, "tokens": args.tokens,
-            "seqlen": args.seqlen, "calib_tokens": args.calib_tokens, "seed": args.seed,
-            "rank": args.rank, "max_iter": args.max_iter, "ratios": args.ratios, "methods": args.methods,
-            "options": dict(args.option or []), "value_bits": 16, "index_bits": 0, "pattern": "row"}
-
-
-def _write_results(rows: list, settings: dict, outputs: dict[str, Path], t_start: float) -> str:
-    from .report import markdown_table, plot
-
-    settings = dict(settings, total_seconds=time.perf_counter() - t_start)
-    md = markdown_table(rows, settings) + f"\nTotal wall time {settings['total_seconds']:.0f}s.\n"
-    outputs["md"].parent.mkdir(parents=True, exist_ok=True)
-    outputs["md"].write_text(md)
-    s = settings
-    plot(rows, outputs["png"], f"{s['model'][:40]}: {s['tokens'] // s['seqlen']}×{s['seqlen']} test tokens, "
-                               f"{s['calib_tokens']} calibration tokens, rank {s['rank']}")
-    outputs["json"].write_text(json.dumps({"format": COMPARE_FORMAT, "settings": settings, "rows": rows,
-                                           "written": [str(p.resolve()) for p in outputs.values()]},
-                                          indent=1))
-    return md
-
-
-def _compare_one(args, method: str, ratio: float, out: Path, options: dict, tok, path) -> dict | None:
-    """Compress (or reuse) one folder of a compare run and evaluate it; ``None`` if skipped."""
-    from .checkpoint import load_compressed
-    from .pipeline import ResumeMismatch
-
-    print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
-    exists = out.exists() and any(out.iterdir())
-    try:
-        man = _compress(_load(args.model, args.dtype), out, _config(args, method, ratio, options),
-                        calib_tokens=args.calib_tokens, seqlen=args.seqlen, device=args.device,
-                        resume=exists and not args.overwrite, overwrite=exists and args.overwrite,
-                        progress=not args.no_progress)
-    except ResumeMismatch as exc:
-        print(f"[compare] {method} ratio {ratio} skipped: {exc}; it is kept as it is (pass "
-              "--overwrite to recompute it)", flush=True)
-        return None
-    except UserError as exc:
-        print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
-        return None
-    import torch
-
-    from .pipeline import resolve_device
-
-    cmodel, _ = load_compressed(out, getattr(torch, args.dtype), device=resolve_device(args.device))
-    ev = _evaluate(cmodel, tok, path, args.tokens, args.seqlen)
-    s = man["sizes"]
-    print(f"[compare] {method} ratio {ratio}: perplexity {ev['perplexity']:.3f} "
-          f"({man['compress_seconds']:.1f}s)", flush=True)
-    return {"method": method, "ratio": ratio, "perplexity": ev["perplexity"],
-            "budget_ratio": s["linear_budget_ratio"], "disk_bytes": s["linear_bytes_on_disk"],
-            "disk_ratio": s["linear_disk_ratio"], "seconds": man["compress_seconds"]}
-
-
 def cmd_compare(args) -> int:
-    from .arch import block_linears, decoder_layers
+    from .compare import CompareSettings, run_compare, split_options
 
     _threads(args.threads)
-    settings = _compare_settings(args)
-    for m in args.methods:
-        _check_method(m)
-    method_options = _split_options(args.methods, settings["options"])
-    work = Path(args.work_dir or ("runs/quick" if args.quick else "runs/compare"))
-    outputs = _compare_outputs(work, Path(args.plot) if args.plot else work / "results.png")
-    t_start = time.perf_counter()
-    model, tok, path, _ = _load(args.model, args.dtype)
-    print(f"[compare] dense: evaluating {args.tokens} tokens at seqlen {args.seqlen}", flush=True)
-    dense = _evaluate(model, tok, path, args.tokens, args.seqlen)
-    dense16 = sum(2 * m.weight.numel() for b in decoder_layers(model) for m in block_linears(b).values())
-    rows = [{"method": "dense", "ratio": 0.0, "perplexity": dense["perplexity"], "dense16_bytes": dense16}]
-    print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
-    for ratio in args.ratios:
-        for method in args.methods:
-            out = work / f"{method}-r{ratio}-rank{args.rank}"
-            row = _compare_one(args, method, ratio, out, method_options[method], tok, path)
-            if row is not None:
-                rows.append(row)
-                _write_results(rows, settings, outputs, t_start)
-    md = _write_results(rows, settings, outputs, t_start)
+    preset = QUICK if args.quick else FULL
+    pick = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in preset.items()}
+    methods = tuple(pick["methods"])
+    base = replace(_config(args, "slab", 0.5, dict(args.option or [])), max_iter=pick["max_iter"])
+    for m in methods:
+        _config(args, m, 0.5, {}).check()
+    cs = CompareSettings(methods=methods, ratios=tuple(pick["ratios"]), base=base,
+                         work_dir=Path(args.work_dir or ("runs/quick" if args.quick else "runs/compare")),
+                         plot=Path(args.plot) if args.plot else None, model=args.model,
+                         calib_tokens=pick["calib_tokens"], seqlen=pick["seqlen"], tokens=pick["tokens"],
+                         dtype=args.dtype, device=args.device, overwrite=args.overwrite,
+                         progress=not args.no_progress,
+                         method_options=split_options(methods, dict(args.option or [])))
+    md, outputs = run_compare(cs)
     print()
     print(md)
     print(f"\n[compare] wrote {outputs['md']}, {outputs['json']} and {outputs['png']}")

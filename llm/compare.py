@@ -1,0 +1,148 @@
+"""``slabopt compare``: the dense model and every method at several ratios, as a table and a plot.
+
+Each (method, ratio) gets its own output folder under the work folder. A folder made earlier with the
+same settings is reused (or resumed); one made with other settings is kept and skipped unless
+``overwrite``. The result files (``results.md``, ``results.json``, the plot) are only ever
+overwritten when an earlier compare wrote them (``results.json`` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .arch import block_linears, block_prefix, decoder_layers
+from .data import DEFAULT_MODEL_NAME, TEST_TEXT, load_model
+from .errors import UserError
+from .evaluate import evaluate_model, load_target
+from .pipeline import CompressConfig, ResumeMismatch, compress_checkpoint, resolve_device, solver_name
+
+FORMAT = "slabopt-compare/1"
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """One compare run: the methods and ratios, the shared solver settings and the text sizes."""
+
+    methods: tuple[str, ...]
+    ratios: tuple[float, ...]
+    base: CompressConfig
+    work_dir: Path
+    plot: Path | None = None
+    model: str | None = None
+    calib_tokens: int = 16384
+    seqlen: int = 1024
+    tokens: int = 8192
+    dtype: str = "float32"
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+    method_options: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """The settings as they go under the table and into ``results.json``."""
+        b = self.base
+        return {"model": self.model or DEFAULT_MODEL_NAME, "text": TEST_TEXT, "tokens": self.tokens,
+                "seqlen": self.seqlen, "calib_tokens": self.calib_tokens, "seed": b.seed, "rank": b.rank,
+                "max_iter": b.max_iter, "ratios": list(self.ratios), "methods": list(self.methods),
+                "options": dict(b.options), "value_bits": b.value_bits, "index_bits": b.index_bits,
+                "pattern": b.pattern, "dtype": self.dtype, "device": str(self.device)}
+
+
+def split_options(methods: tuple[str, ...], options: dict) -> dict[str, dict]:
+    """Per method, the solver options its solver accepts (compare runs several solvers at once)."""
+    from slabopt.registry import get_method
+
+    accepted = {m: set(get_method(solver_name(m)).option_names()) for m in methods}
+    unused = [k for k in options if not any(k in a for a in accepted.values())]
+    if unused:
+        raise UserError(f"option(s) {', '.join(unused)} accepted by none of the methods "
+                        f"{', '.join(methods)}")
+    return {m: {k: v for k, v in options.items() if k in accepted[m]} for m in methods}
+
+
+def result_files(work: Path, png: Path) -> dict[str, Path]:
+    """The files compare writes; ``UserError`` when one exists that an earlier compare did not write."""
+    outputs = {"md": work / "results.md", "json": work / "results.json", "png": png}
+    written: list[str] = []
+    if outputs["json"].is_file():
+        try:
+            old = json.loads(outputs["json"].read_text(encoding="utf-8"))
+            if isinstance(old, dict) and old.get("format") == FORMAT:
+                written = old.get("written", [])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    for path in outputs.values():
+        if (path.exists() or path.is_symlink()) and str(path.resolve()) not in written:
+            raise UserError(f"{path} exists and was not written by `slabopt compare`; refusing to "
+                            "overwrite it (choose another --work-dir or --plot)")
+    return outputs
+
+
+def _write(rows: list, described: dict, outputs: dict[str, Path], t_start: float) -> str:
+    from .report import markdown_table, plot
+
+    s = dict(described, total_seconds=time.perf_counter() - t_start)
+    md = markdown_table(rows, s) + f"\nTotal wall time {s['total_seconds']:.0f}s.\n"
+    outputs["md"].parent.mkdir(parents=True, exist_ok=True)
+    outputs["md"].write_text(md)
+    plot(rows, outputs["png"], f"{s['model'][:40]}: {s['tokens'] // s['seqlen']}×{s['seqlen']} test tokens, "
+                               f"{s['calib_tokens']} calibration tokens, rank {s['rank']}")
+    outputs["json"].write_text(json.dumps({"format": FORMAT, "settings": s, "rows": rows,
+                                           "written": [str(p.resolve()) for p in outputs.values()]},
+                                          indent=1))
+    return md
+
+
+def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | None:
+    """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
+    from dataclasses import replace
+
+    out = cs.work_dir / f"{method}-r{ratio}-rank{cs.base.rank}"
+    cfg = replace(cs.base, method=method, ratio=ratio, options=cs.method_options.get(method, {}))
+    print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
+    exists = out.exists() and any(out.iterdir())
+    try:
+        man = compress_checkpoint(cs.model, out, cfg, calib_tokens=cs.calib_tokens, seqlen=cs.seqlen,
+                                  dtype=cs.dtype, device=cs.device, resume=exists and not cs.overwrite,
+                                  overwrite=exists and cs.overwrite, progress=cs.progress)
+    except ResumeMismatch as exc:
+        print(f"[compare] {method} ratio {ratio} skipped: {exc}; it is kept as it is (pass "
+              "--overwrite to recompute it)", flush=True)
+        return None
+    except UserError as exc:
+        print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
+        return None
+    cmodel, _, _, _ = load_target(str(out), None, cs.dtype, resolve_device(cs.device))
+    ev = evaluate_model(cmodel, tok, path, cs.tokens, cs.seqlen)
+    s = man["sizes"]
+    print(f"[compare] {method} ratio {ratio}: perplexity {ev['perplexity']:.3f} "
+          f"({man['compress_seconds']:.1f}s)", flush=True)
+    return {"method": method, "ratio": ratio, "perplexity": ev["perplexity"],
+            "budget_ratio": s["linear_budget_ratio"], "disk_bytes": s["linear_bytes_on_disk"],
+            "disk_ratio": s["linear_disk_ratio"], "seconds": man["compress_seconds"]}
+
+
+def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
+    """Evaluate the dense model, then each (ratio, method); write the results; (table, files)."""
+    outputs = result_files(cs.work_dir, cs.plot or cs.work_dir / "results.png")
+    described = cs.describe()
+    t_start = time.perf_counter()
+    model, tok, path = load_model(cs.model, cs.dtype)
+    print(f"[compare] dense: evaluating {cs.tokens} tokens at seqlen {cs.seqlen}", flush=True)
+    dense = evaluate_model(model.to(resolve_device(cs.device)), tok, path, cs.tokens, cs.seqlen)
+    b = cs.base
+    dense16 = sum(2 * m.weight.numel() for i, blk in enumerate(decoder_layers(model))
+                  for m in block_linears(blk, block_prefix(model, i), b.targets, b.ignore).values())
+    rows = [{"method": "dense", "ratio": 0.0, "perplexity": dense["perplexity"], "dense16_bytes": dense16}]
+    print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
+    del model
+    for ratio in cs.ratios:
+        for method in cs.methods:
+            row = _one(cs, method, ratio, tok, path)
+            if row is not None:
+                rows.append(row)
+                _write(rows, described, outputs, t_start)
+    return _write(rows, described, outputs, t_start), outputs
