@@ -288,13 +288,16 @@ def open_output(out: Path, settings: dict, source: dict, model, *, resume: bool,
     return Checkpoint(out, man)
 
 
-def _restore(model, ck: Checkpoint, inputs: list) -> list:
-    """Load the blocks an earlier run finished; return the inputs of the next block."""
+def _restore(model, ck: Checkpoint, inputs: list, keep_in_memory: bool) -> list:
+    """Load the blocks an earlier run finished (or drop them); return the inputs of the next block."""
     nxt = int(ck.manifest["next_block"])
     layers = decoder_layers(model)
     dtype = next(model.parameters()).dtype
     for b in range(nxt):
-        load_block(layers[b], ck.folder, b, dtype)
+        if keep_in_memory:
+            load_block(layers[b], ck.folder, b, dtype)
+        else:
+            layers[b].to("meta")
     if nxt == 0 or nxt == len(layers):  # nothing left to run: no inputs were saved
         return inputs
     state, _ = read_tensors(ck.folder / resume_file(nxt))
@@ -341,7 +344,7 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
                    source: dict | None = None, text: str | None = None, progress: bool = True,
                    log: Callable[[str], None] | None = print,
                    on_block_done: Callable[[int], None] | None = None,
-                   source_dir: Path | None = None, **settings) -> dict:
+                   source_dir: Path | None = None, keep_in_memory: bool = True, **settings) -> dict:
     """Compress the decoder linear layers block by block into ``out_dir``; return the manifest.
 
     ``config`` (or its fields as keywords, e.g. ``method="wanda", ratio=0.6``) says what to do;
@@ -350,6 +353,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
     model (their hashes are compared); ``overwrite`` replaces a folder slabopt wrote. ``source``
     describes the model for the manifest (name, path); ``source_dir`` is its checkpoint folder,
     whose config and weight files are hashed (without it, the tensors in memory are).
+    With ``keep_in_memory`` (default) ``model`` ends as the compressed model; without, each block
+    is dropped (moved to the meta device) once it is on disk, so memory does not grow with depth.
     """
     cfg = replace(config or CompressConfig(), **settings)
     info = cfg.check()
@@ -366,20 +371,22 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
         return ck.manifest
     layers = decoder_layers(model)
     inputs, calls = capture_calls(model, windows)
-    inputs = _restore(model, ck, inputs)
+    inputs = _restore(model, ck, inputs, keep_in_memory)
     start = int(ck.manifest["next_block"])
     if start == 0 and REST not in ck.files:
         save_rest(ck, model, source_dir, targets)
     elif log:
         log(f"resuming {out_dir} at block {start}/{len(layers)}")
-    _compress_blocks(model, ck, inputs, calls, cfg, info.needs_gram, dev, progress, log, on_block_done)
+    _compress_blocks(model, ck, inputs, calls, cfg, info.needs_gram, dev, progress, log, on_block_done,
+                     keep_in_memory)
     ck.manifest["sizes"] = size_report(out_dir, ck.manifest["layers"])
     ck.manifest["complete"] = True
     ck.save()
     return ck.manifest
 
 
-def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done):
+def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done,
+                     keep_in_memory):
     layers = decoder_layers(model)
     start = int(ck.manifest["next_block"])
     pbar = None
@@ -396,8 +403,10 @@ def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, lo
         for mod in block.modules():
             if isinstance(mod, SLaBLinear):
                 mod.set_cache_weight(False)  # memory stays near one model
-        layers[b] = block.to("cpu")
+        block.to("cpu")
         _commit_block(ck, b, block, inputs, entries, time.perf_counter() - t0)
+        if not keep_in_memory:
+            block.to("meta")  # on disk now: its memory goes back
         for e in entries:
             ck.log(_log_line(e))
             if log:
@@ -429,6 +438,6 @@ def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig
     t0 = time.perf_counter()
     man = compress_model(net, windows, out_dir, config, device=device, resume=resume, overwrite=overwrite,
                          source={"model": model or DEFAULT_MODEL_NAME, "path": str(path)}, text=text,
-                         progress=progress, log=log, source_dir=path)
+                         progress=progress, log=log, source_dir=path, keep_in_memory=False)
     man["wall_seconds_this_run"] = time.perf_counter() - t0
     return man

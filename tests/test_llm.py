@@ -417,3 +417,14 @@ def test_cli_option_reaches_solver(tiny_checkpoint, tmp_path, capsys):
     assert man["settings"]["options"] == {}
     code, _, err = _run_cli([*cmp, "--option", "nosuch=1"], capsys)
     assert code == 2 and "nosuch" in err and "none of the methods" in err
+
+
+def test_dropping_finished_blocks_writes_the_same_folder(tmp_path):
+    from ._llm import folder_bytes
+
+    kw = dict(method="slab", ratio=0.5, rank=1, seed=2, max_iter=2, progress=False, log=None)
+    compress_model(tiny_model(layers=3), _windows(), tmp_path / "keep", **kw)
+    lean = tiny_model(layers=3)
+    compress_model(lean, _windows(), tmp_path / "drop", keep_in_memory=False, **kw)
+    assert folder_bytes(tmp_path / "drop") == folder_bytes(tmp_path / "keep")
+    assert all(p.is_meta for blk in decoder_layers(lean) for p in blk.buffers() if p.numel())
