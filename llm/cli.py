@@ -17,7 +17,7 @@ from pathlib import Path
 from slabopt._validation import check_int, check_ratio
 
 from .arch import DEFAULT_IGNORE
-from .data import DTYPES, TEST_TEXT  # data.py sets the offline mode
+from .data import DTYPES  # data.py sets the offline mode
 from .errors import UserError
 
 QUICK = dict(ratios=[0.5], methods=["magnitude", "wanda", "sparsegpt", "slab"], calib_tokens=2048,
@@ -86,7 +86,8 @@ def cmd_compress(args) -> int:
     cfg = _config(args, args.method, args.ratio, dict(args.option or []))
     man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
                               dtype=args.dtype, device=args.device, resume=args.resume,
-                              overwrite=args.overwrite, log=print if args.verbose else None)
+                              overwrite=args.overwrite, log=print if args.verbose else None,
+                              calib_file=args.calib_file)
     s = man["sizes"]
     print(f"compressed {args.method} ratio {args.ratio} rank {args.rank} -> {out}")
     print(f"  calibration text: {man['settings']['text']}")
@@ -106,17 +107,22 @@ def cmd_eval(args) -> int:
     _threads(args.threads)
     if args.seqlen < 2:
         raise UserError(f"--seqlen must be >= 2, got {args.seqlen}")
+    if args.eval_file is not None:
+        from .data import read_text_file
+
+        read_text_file(args.eval_file)  # a bad file fails before the slow model load
     model, tok, path, info = load_target(args.target, args.model, args.dtype, resolve_device(args.device),
                                          verify=not args.no_verify)
     t0 = time.perf_counter()
     with torch.no_grad():
-        res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=not args.json)
-    res.update(info, eval_seconds=time.perf_counter() - t0, text=TEST_TEXT)
+        res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=not args.json,
+                             eval_file=args.eval_file)
+    res.update(info, eval_seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(res, default=str))
     else:
         print(f"perplexity {res['perplexity']:.4f}  ({res['windows']} windows x {res['seqlen']} tokens"
-              f"{', each starting with BOS' if res['bos'] else ''}, {info.get('method')})")
+              f"{', each starting with BOS' if res['bos'] else ''} of {res['text']}; {info.get('method')})")
     return 0
 
 
@@ -198,6 +204,9 @@ def _compress_parser(sub) -> None:
                    help="calibration tokens, drawn as windows of --seqlen (default: %(default)s)")
     c.add_argument("--seqlen", type=POSITIVE, default=1024, metavar="N",
                    help="tokens per calibration window (default: %(default)s)")
+    c.add_argument("--calib-file", default=None, metavar="PATH",
+                   help="calibration text: a UTF-8 .txt file, or .jsonl with a \"text\" field per line "
+                        "(default: the shipped Wikipedia calibration split)")
     c.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
     c.add_argument("--resume", action="store_true",
                    help="continue an unfinished folder made with the same settings and model")
@@ -217,6 +226,9 @@ def _eval_parser(sub) -> None:
                    help="test tokens scored, in whole windows of --seqlen (default: %(default)s)")
     e.add_argument("--seqlen", type=POSITIVE, default=1024, metavar="N",
                    help="tokens per test window (default: %(default)s)")
+    e.add_argument("--eval-file", default=None, metavar="PATH",
+                   help="test text, scored from its start: a UTF-8 .txt file, or .jsonl with a \"text\" "
+                        "field per line (default: the shipped Wikipedia test split)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     e.add_argument("--no-verify", action="store_true",
                    help="skip the SHA-256 check of the folder's files (faster; damage goes unnoticed)")

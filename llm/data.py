@@ -245,6 +245,56 @@ def token_splits(tok, path: Path | None = None):
     return res
 
 
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def _jsonl_documents(path: Path, text: str) -> list[str]:
+    docs = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {i} is not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise UserError(f"{path} line {i} has no \"text\" string field; each line must be a JSON "
+                            "object like {\"text\": \"...\"}")
+        docs.append(obj["text"].strip())
+    return docs
+
+
+def read_text_file(path: str | Path) -> str:
+    """The text of a user's file: a ``.txt`` file as it is, or the ``"text"`` fields of a ``.jsonl``
+    file joined with a blank line (the way the shipped articles are joined)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"text file {p} does not exist or is not a file")
+    if p.suffix not in TEXT_SUFFIXES:
+        raise UserError(f"text file {p} has suffix {p.suffix!r}; allowed: .txt (plain text) or .jsonl "
+                        "(one JSON object with a \"text\" field per line)")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"text file {p} is not valid UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    if p.suffix == ".jsonl":
+        text = "\n\n".join(_jsonl_documents(p, text))
+    if not text.strip():
+        raise UserError(f"text file {p} holds no text")
+    return text
+
+
+def describe_text_file(path: str | Path) -> str:
+    """How reports name a user's text file: its name and the start of its SHA-256."""
+    p = Path(path)
+    return f"file {p.name} (sha256 {file_hash(p)[:16]})"
+
+
+def user_tokens(tok, path: str | Path):
+    """Token ids of a user's text file (see :func:`read_text_file`)."""
+    return tokenize(tok, read_text_file(path))
+
+
 def bos_token(tok) -> int | None:
     """The BOS id when the model's tokenizer puts one at the head of every text by default (Gemma,
     Llama 2/3), else ``None`` (SmolLM2): the convention calibration and evaluation windows follow."""
@@ -262,8 +312,10 @@ def calibration_windows(calib_ids, n_tokens: int, seqlen: int, seed: int, bos: i
 
     n = max(1, -(-n_tokens // seqlen))
     take = seqlen - (bos is not None)
-    if calib_ids.numel() <= take:
-        raise UserError(f"calibration text has only {calib_ids.numel()} tokens (< seqlen {seqlen})")
+    if calib_ids.numel() < n * take + 1:
+        raise UserError(f"the calibration text has {calib_ids.numel()} tokens, fewer than the {n} windows "
+                        f"of {seqlen} tokens asked for (--calib-tokens {n_tokens}); it holds "
+                        f"{(calib_ids.numel() - 1) // take} such windows")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, calib_ids.numel() - take, (n,), generator=g)
     head = [] if bos is None else [torch.tensor([bos], dtype=calib_ids.dtype)]

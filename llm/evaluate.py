@@ -47,16 +47,22 @@ def perplexity(model, test_ids: torch.Tensor, tokens: int = 8192, seqlen: int = 
             "seqlen": seqlen, "tokens": n_win * take, "predictions": count, "bos": bos is not None}
 
 
-def evaluate_model(model, tok, path, tokens: int, seqlen: int, progress: bool = False) -> dict:
-    """Perplexity of ``model`` on the shipped test split (tokenised by ``tok``, cached by ``path``)."""
-    from .data import bos_token, token_splits
+def evaluate_model(model, tok, path, tokens: int, seqlen: int, progress: bool = False,
+                   eval_file: str | None = None) -> dict:
+    """Perplexity of ``model`` on the shipped test split (tokenised by ``tok``, cached by ``path``)
+    or on the text of ``eval_file`` (.txt or .jsonl), from its start; ``text`` names which."""
+    from . import data
     from .slablinear import SLaBLinear
 
     for mod in model.modules():  # dense Ŵ per layer: same result, several times faster on CPU
         if isinstance(mod, SLaBLinear):
             mod.set_cache_weight(True)
-    _, test = token_splits(tok, path)
-    return perplexity(model, test, tokens, seqlen, progress=progress, bos=bos_token(tok))
+    if eval_file is None:
+        test, text = data.token_splits(tok, path)[1], data.TEST_TEXT
+    else:
+        test, text = data.user_tokens(tok, eval_file), data.describe_text_file(eval_file)
+    res = perplexity(model, test, tokens, seqlen, progress=progress, bos=data.bos_token(tok))
+    return {**res, "text": text}
 
 
 def load_target(target: str, model: str | None, dtype: str, device, verify: bool = True):

@@ -423,21 +423,28 @@ def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig
                         calib_tokens: int = 16384, seqlen: int = 1024, dtype: str = "float32",
                         device: str | torch.device = "cpu",
                         resume: bool = False, overwrite: bool = False, progress: bool = True,
-                        log: Callable[[str], None] | None = None) -> dict:
+                        log: Callable[[str], None] | None = None,
+                        calib_file: str | Path | None = None) -> dict:
     """Load a checkpoint folder (``None``: the shipped SmolLM2) in ``dtype`` on the CPU, draw the
-    calibration windows of the shipped text and compress it into ``out_dir``; return the manifest."""
-    from .data import CALIB_TEXT, DEFAULT_MODEL_NAME, bos_token, calibration_windows, load_model, token_splits
+    calibration windows (from the shipped text, or ``calib_file``: .txt or .jsonl) and compress it
+    into ``out_dir``; return the manifest."""
+    from . import data
 
     config.check()
     check_output(Path(out_dir), resume=resume, overwrite=overwrite)  # before the slow model load
-    net, tok, path = load_model(model, dtype)
-    calib, _ = token_splits(tok, path)
-    bos = bos_token(tok)
-    windows = calibration_windows(calib, calib_tokens, seqlen, config.seed, bos)
-    text = CALIB_TEXT + ("; each window starts with the BOS token" if bos is not None else "")
+    if calib_file is not None:
+        data.read_text_file(calib_file)  # a bad file fails before the slow model load
+    net, tok, path = data.load_model(model, dtype)
+    if calib_file is None:
+        calib, text = data.token_splits(tok, path)[0], data.CALIB_TEXT
+    else:
+        calib, text = data.user_tokens(tok, calib_file), data.describe_text_file(calib_file)
+    bos = data.bos_token(tok)
+    windows = data.calibration_windows(calib, calib_tokens, seqlen, config.seed, bos)
+    text += "; each window starts with the BOS token" if bos is not None else ""
     t0 = time.perf_counter()
     man = compress_model(net, windows, out_dir, config, device=device, resume=resume, overwrite=overwrite,
-                         source={"model": model or DEFAULT_MODEL_NAME, "path": str(path)}, text=text,
+                         source={"model": model or data.DEFAULT_MODEL_NAME, "path": str(path)}, text=text,
                          progress=progress, log=log, source_dir=path, keep_in_memory=False)
     man["wall_seconds_this_run"] = time.perf_counter() - t0
     return man
