@@ -1,4 +1,4 @@
-"""Console script ``slabopt`` (also ``python -m slabopt.llm``): compress / eval / compare.
+"""Console script ``slabopt`` (also ``python -m slabopt.llm``): compress / eval / compare / export.
 
 Parsing and printing only: the work is in :mod:`.pipeline` (compress), :mod:`.checkpoint` (the
 folder), :mod:`.evaluate` (perplexity) and :mod:`.report` (table, plot).
@@ -126,6 +126,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_dense
+
+    _threads(args.threads)
+    out = export_dense(args.folder, args.out, args.dtype, verify=not args.no_verify)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"exported {args.folder} -> {out} ({size:,} bytes, dense {args.dtype}); load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import CompareSettings, run_compare, split_options
 
@@ -235,6 +246,20 @@ def _eval_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _export_parser(sub) -> None:
+    x = sub.add_parser("export", help="write a compressed folder as a plain Hugging Face checkpoint "
+                                      "(dense reconstructed weights)")
+    x.add_argument("folder", help="folder written by `slabopt compress`")
+    x.add_argument("--out", required=True, metavar="DIR", help="new output folder (required)")
+    x.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="dtype of the exported weights (default: %(default)s)")
+    x.add_argument("--threads", type=POSITIVE, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice)")
+    x.add_argument("--no-verify", action="store_true",
+                   help="skip the SHA-256 check of the folder's files (faster; damage goes unnoticed)")
+    x.set_defaults(func=cmd_export)
+
+
 def _compare_parser(sub) -> None:
     k = sub.add_parser("compare", help="dense + every method at several ratios: Markdown table + PNG")
     _common(k)
@@ -272,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compress_parser(sub)
     _eval_parser(sub)
     _compare_parser(sub)
+    _export_parser(sub)
     return p
 
 

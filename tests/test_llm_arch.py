@@ -270,3 +270,42 @@ def test_cuda_compression_matches_cpu(tmp_path, family):
     with torch.no_grad():
         la, lb = a(input_ids=x).logits, b(input_ids=x.cuda()).logits.cpu()
     assert float((la - lb).norm() / la.norm()) < 5e-2
+
+
+# ------------------------------------------------------------------------------------ export
+@pytest.mark.parametrize("family", ["llama_tied", "gemma3", "qwen2"])
+def test_export_loads_without_slabopt_classes_and_gives_the_same_logits(tmp_path, capsys, family):
+    d = _checkpoint(tmp_path, family)
+    out = tmp_path / "c"
+    code, _, err = _cli(["compress", "--model", d, "--calib-tokens", "48", "--seqlen", "16", "--max-iter",
+                         "2", "--out", out], capsys)
+    assert code == 0, err
+    code, so, err = _cli(["export", out, "--out", tmp_path / "hf"], capsys)
+    assert code == 0, err and "from_pretrained" in so
+    names = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert not any(isinstance(m, SLaBLinear) for m in plain.modules())
+    loaded, _ = load_compressed(out)
+    x = windows(n=2, seqlen=12, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=x).logits, loaded(input_ids=x).logits, rtol=1e-5,
+                                   atol=1e-5)
+    code, _, err = _cli(["export", out, "--out", tmp_path / "bf", "--dtype", "bfloat16"], capsys)
+    assert code == 0, err
+    bf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf")
+    assert next(bf.parameters()).dtype == torch.bfloat16
+
+
+def test_export_never_replaces_anything(tmp_path, capsys):
+    d = _checkpoint(tmp_path, "llama_tied")
+    out = tmp_path / "c"
+    assert _cli(["compress", "--model", d, "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "2",
+                 "--out", out], capsys)[0] == 0
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    code, _, err = _cli(["export", out, "--out", taken], capsys)
+    assert code == 2 and "never replaces" in err and (taken / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
