@@ -71,11 +71,16 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _config(args, method: str, ratio: float, options: dict):
+def _config(args, method: str, ratio: float | None, options: dict):
     from .pipeline import CompressConfig
 
     return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
-                          options=options, targets=args.targets, ignore=args.ignore or None)
+                          value_bits=args.value_bits, pattern=args.pattern, options=options,
+                          targets=args.targets, ignore=args.ignore or None)
+
+
+def _is_nm(pattern: str) -> bool:
+    return ":" in pattern
 
 
 def cmd_compress(args) -> int:
@@ -83,13 +88,14 @@ def cmd_compress(args) -> int:
 
     _threads(args.threads)
     out = Path(args.out)
-    cfg = _config(args, args.method, args.ratio, dict(args.option or []))
+    ratio = args.ratio if args.ratio is not None or _is_nm(args.pattern) else 0.5
+    cfg = _config(args, args.method, ratio, dict(args.option or []))
     man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
                               dtype=args.dtype, device=args.device, resume=args.resume,
                               overwrite=args.overwrite, log=print if args.verbose else None,
                               calib_file=args.calib_file)
     s = man["sizes"]
-    print(f"compressed {args.method} ratio {args.ratio} rank {args.rank} -> {out}")
+    print(f"compressed {args.method} ratio {ratio} pattern {args.pattern} rank {args.rank} -> {out}")
     print(f"  calibration text: {man['settings']['text']}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {s['linear_dense16_bytes']:,} "
           f"dense 16-bit ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
@@ -143,6 +149,8 @@ def cmd_compare(args) -> int:
     _threads(args.threads)
     preset = QUICK if args.quick else FULL
     pick = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in preset.items()}
+    if _is_nm(args.pattern) and args.ratios is None:
+        pick["ratios"] = [None]  # the N:M pattern fixes the sparse part
     methods = tuple(pick["methods"])
     base = replace(_config(args, "slab", 0.5, dict(args.option or [])), max_iter=pick["max_iter"])
     for m in methods:
@@ -200,6 +208,12 @@ def _budget_args(sp, compare: bool) -> None:
                     help="seed of the calibration windows and of every solver (default: 0)")
     sp.add_argument("--max-iter", type=POSITIVE, default=None, metavar="N",
                     help="iterations per layer (default: each method's own, 20 for slab)")
+    sp.add_argument("--pattern", default="row", metavar="P",
+                    help="sparsity pattern of S: row (equal count per row), global, or N:M such as 2:4 or "
+                         "4:8 (N kept of every M consecutive inputs; stored as combination codes) "
+                         "(default: %(default)s)")
+    sp.add_argument("--value-bits", type=int, default=16, choices=(16, 32),
+                    help="bits per stored value (S, U, V), the b of the budget (default: %(default)s)")
 
 
 def _compress_parser(sub) -> None:
@@ -207,9 +221,9 @@ def _compress_parser(sub) -> None:
     _common(c)
     c.add_argument("--method", default="slab",
                    help="slab (= alternating) or any registered method (default: %(default)s)")
-    c.add_argument("--ratio", type=RATIO, default=0.5,
-                   help="fraction of the 16-bit storage of each linear layer to remove, in (0, 1) "
-                        "(default: %(default)s)")
+    c.add_argument("--ratio", type=RATIO, default=None,
+                   help="fraction of the dense storage (at --value-bits) of each linear layer to remove, "
+                        "in (0, 1) (default: 0.5; with an N:M --pattern none: the pattern fixes it)")
     _budget_args(c, compare=False)
     c.add_argument("--calib-tokens", type=POSITIVE, default=16384, metavar="N",
                    help="calibration tokens, drawn as windows of --seqlen (default: %(default)s)")
@@ -264,7 +278,8 @@ def _compare_parser(sub) -> None:
     k = sub.add_parser("compare", help="dense + every method at several ratios: Markdown table + PNG")
     _common(k)
     k.add_argument("--ratios", type=RATIO, nargs="+", default=None, metavar="R",
-                   help="ratios in (0, 1) (default: 0.5 0.6 0.7; --quick: 0.5)")
+                   help="ratios in (0, 1) (default: 0.5 0.6 0.7; --quick: 0.5; with an N:M --pattern: "
+                        "none, the pattern fixes the budget)")
     k.add_argument("--methods", nargs="+", default=None, metavar="M",
                    help="methods (default: magnitude wanda sparsegpt oats slab; --quick: no oats)")
     _budget_args(k, compare=True)

@@ -27,7 +27,7 @@ class CompareSettings:
     """One compare run: the methods and ratios, the shared solver settings and the text sizes."""
 
     methods: tuple[str, ...]
-    ratios: tuple[float, ...]
+    ratios: tuple[float | None, ...]
     base: CompressConfig
     work_dir: Path
     plot: Path | None = None
@@ -100,7 +100,8 @@ def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | No
     """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
     from dataclasses import replace
 
-    out = cs.work_dir / f"{method}-r{ratio}-rank{cs.base.rank}"
+    budget = f"r{ratio}" if ratio is not None else cs.base.pattern.replace(":", "of")
+    out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}"
     cfg = replace(cs.base, method=method, ratio=ratio, options=cs.method_options.get(method, {}))
     print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
     exists = out.exists() and any(out.iterdir())

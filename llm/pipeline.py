@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 import slabopt
+from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
 from .arch import (
@@ -73,13 +74,14 @@ def solver_name(method: str) -> str:
 class CompressConfig:
     """What decides the compressed model: method, budget, solver settings and which layers.
 
+    ``ratio`` may be ``None`` for an N:M ``pattern``, which fixes the sparse part by itself.
     ``targets`` / ``ignore`` are regular expressions on the full names of the linear layers inside
     the decoder blocks (``re.search``); ``None`` targets every one. ``options`` are the solver's own
     keywords.
     """
 
     method: str = "slab"
-    ratio: float = 0.5
+    ratio: float | None = 0.5
     rank: int = 1
     seed: int = 0
     max_iter: int | None = None
@@ -107,6 +109,13 @@ class CompressConfig:
                             "says; add --option project=true to project each layer to the budget")
         if self.value_bits not in STORE_DTYPES:
             raise UserError(f"value bits must be 16 or 32 for a saved model, got {self.value_bits}")
+        try:
+            is_nm = parse_pattern(self.pattern).kind == "nm"
+        except (ValueError, TypeError) as exc:
+            raise UserError(str(exc)) from None
+        if self.ratio is None and not is_nm:
+            raise UserError(f"pattern {self.pattern!r} needs a ratio; only N:M patterns fix the budget "
+                            "by themselves")
         return info
 
     def record(self, windows: torch.Tensor, text: str | None, dtype: torch.dtype) -> dict:
@@ -204,7 +213,7 @@ def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
                             **kw, **cfg.options)
     except (ValueError, TypeError) as exc:
         raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
-    allowed = (1 - Fraction(cfg.ratio)) * res.dense_bits
+    allowed = res.bits if cfg.ratio is None else (1 - Fraction(cfg.ratio)) * res.dense_bits
     if res.bits > allowed:
         raise UserError(f"block {b} layer {name}: method {cfg.method!r} stores {res.bits} bits, more "
                         f"than the {int(allowed)} bits that ratio {cfg.ratio} allows")
@@ -393,7 +402,8 @@ def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, lo
     if progress:
         from tqdm import tqdm
 
-        pbar = tqdm(total=len(layers), initial=start, desc=f"{cfg.method} r={cfg.ratio}", unit="block")
+        budget = cfg.pattern if cfg.ratio is None else f"r={cfg.ratio}"
+        pbar = tqdm(total=len(layers), initial=start, desc=f"{cfg.method} {budget}", unit="block")
     for b in range(start, len(layers)):
         t0 = time.perf_counter()
         block = layers[b].to(dev)

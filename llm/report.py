@@ -12,7 +12,8 @@ def _dense_row(r: dict) -> str:
 
 def _method_row(r: dict, dense: float | None) -> str:
     rel = f"{r['perplexity'] / dense:.3f}" if dense else "-"
-    return (f"| {r['method']} | {r['ratio']} | {r['budget_ratio']:.4f} | {r['disk_bytes']:,} "
+    requested = r["ratio"] if r["ratio"] is not None else "- (N:M)"
+    return (f"| {r['method']} | {requested} | {r['budget_ratio']:.4f} | {r['disk_bytes']:,} "
             f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} | {r['seconds']:.1f} |")
 
 
@@ -49,7 +50,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     dense = next((r["perplexity"] for r in rows if r["method"] == "dense"), None)
     for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        pts = sorted((r["ratio"], r["perplexity"]) for r in rows if r["method"] == m)
+        pts = sorted((r["ratio"] if r["ratio"] is not None else r["budget_ratio"], r["perplexity"])
+                     for r in rows if r["method"] == m)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
     if dense:
         ax.axhline(dense, color="k", ls="--", lw=1, label="dense")

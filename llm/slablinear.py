@@ -3,7 +3,9 @@
 Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on disk):
 
 - S as ``values`` (nnz, 16-bit floats by default, row-major order) and its pattern as a bitmask
-  ``mask`` (m×⌈n/8⌉ uint8, 1 bit per entry -- cheaper on disk than 16-bit column indices whenever
+  ``mask`` (m×⌈n/8⌉ uint8, 1 bit per entry), or for an N:M pattern as one combination code per
+  group (``nm_codes``, ⌈log₂ C(M, N)⌉ bits per M entries, with ``nm`` = [N, M]; see
+  :mod:`.nm_codes`) -- either cheaper on disk than 16-bit column indices whenever
   more than 1/16 of the entries are kept); the CSR index arrays are rebuilt on load
   (non-persistent buffers ``crow``/``col``),
 - ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
@@ -27,6 +29,8 @@ from torch import nn
 
 from slabopt import dense_weight, pack_signs, unpack_signs
 
+from . import nm_codes
+
 FACTORED_MAX_RANK = 4
 
 class SLaBLinear(nn.Module):
@@ -34,7 +38,7 @@ class SLaBLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, nnz: int = 0, rank: int = 0,
                  has_signs: bool = False, has_levels: bool = False, has_offset: bool = False,
-                 bias: bool = False,
+                 bias: bool = False, nm: tuple[int, int] | None = None,
                  store_dtype: torch.dtype = torch.float16, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         m, n = out_features, in_features
@@ -42,7 +46,11 @@ class SLaBLinear(nn.Module):
         self.compute_dtype = compute_dtype
         self.cache_weight = False  # keep the dense Ŵ after the first call (fast evaluation on CPU)
         self._W: torch.Tensor | None = None
-        self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
+        if nm is None:
+            self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
+        else:
+            self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
+            self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8))
         self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int64), persistent=False)
         self.register_buffer("col", torch.zeros(nnz, dtype=torch.int64), persistent=False)
         self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
@@ -61,15 +69,20 @@ class SLaBLinear(nn.Module):
         """Build from a :class:`slabopt.SolveResult` (torch arrays), casting values to ``store_dtype``."""
         m, n = res.shape
         sp = res.sparse
+        pat = res.budget.pattern
+        nm = (pat.n, pat.m) if pat.kind == "nm" and pat.m <= nm_codes.MAX_M else None
         mod = cls(n, m, nnz=sp.nnz, rank=res.rank, has_signs=res.signs_packed is not None,
                   has_levels=res.levels is not None, has_offset=res.row_offset is not None,
-                  bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype)
+                  bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype, nm=nm)
         crow = torch.as_tensor(sp.indptr).to(torch.int64)
         col = torch.as_tensor(sp.indices).to(torch.int64)
         rows = torch.repeat_interleave(torch.arange(m), crow[1:] - crow[:-1])
         dense_mask = torch.zeros(m, n, dtype=torch.bool)
         dense_mask[rows, col] = True
-        mod.mask.copy_(pack_signs(dense_mask))
+        if nm is None:
+            mod.mask.copy_(pack_signs(dense_mask))
+        else:
+            mod.nm_codes.copy_(nm_codes.encode(dense_mask, *nm))
         mod.rebuild_index()
         mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
         if res.rank:
@@ -94,14 +107,22 @@ class SLaBLinear(nn.Module):
         mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
                   has_signs="signs" in state, has_levels="levels" in state,
                   has_offset="row_offset" in state, bias="bias" in state,
+                  nm=tuple(state["nm"].tolist()) if "nm" in state else None,
                   store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
         mod.load_state_dict(state, strict=True)
         mod.rebuild_index()
         return mod
 
+    def positions(self) -> torch.Tensor:
+        """The m×n boolean pattern of S, from the bitmask or the N:M codes."""
+        m, n = self.out_features, self.in_features
+        if hasattr(self, "nm_codes"):
+            return nm_codes.decode(self.nm_codes, m, n, *self.nm.tolist())
+        return unpack_signs(self.mask, n, torch.int8) > 0
+
     def rebuild_index(self) -> None:
-        """CSR ``crow``/``col`` from the stored bitmask (row-major, ascending columns)."""
-        dense_mask = unpack_signs(self.mask, self.in_features, torch.int8) > 0
+        """CSR ``crow``/``col`` from the stored pattern (row-major, ascending columns)."""
+        dense_mask = self.positions()
         _rows, cols = torch.nonzero(dense_mask, as_tuple=True)
         if cols.numel() != self.values.numel():
             raise ValueError(f"mask holds {cols.numel()} entries but {self.values.numel()} values are stored")

@@ -114,7 +114,8 @@ def test_saved_layer_is_the_solved_layer_and_counted_bits_are_stored(tmp_path, m
     diff = (layer.reconstruct(torch.float32) - res.reconstruct(torch.float32)).abs()
     assert bool((diff <= _rounding_bound(res, eps)).all()), float(diff.max())
     m, n = res.shape
-    stored = sum(8 * t.numel() * t.element_size() for k, t in state.items() if k != "mask")
+    stored = sum(8 * t.numel() * t.element_size() for k, t in state.items()
+                 if k not in ("mask", "nm", "nm_codes"))
     padding = m * (8 * -(-n // 8) - n) if "signs" in state else 0
     assert stored - padding == res.bits  # the sparsity bitmask is what ι = 0 leaves uncounted
 
@@ -428,3 +429,63 @@ def test_dropping_finished_blocks_writes_the_same_folder(tmp_path):
     compress_model(lean, _windows(), tmp_path / "drop", keep_in_memory=False, **kw)
     assert folder_bytes(tmp_path / "drop") == folder_bytes(tmp_path / "keep")
     assert all(p.is_meta for blk in decoder_layers(lean) for p in blk.buffers() if p.numel())
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8"])
+@pytest.mark.parametrize("method", ["alternating", "wanda", "sparsegpt", "magnitude"])
+def test_nm_layers_store_combination_codes(tmp_path, method, pattern):
+    from safetensors.torch import load_file, save_file
+    from slabopt.llm import nm_codes
+
+    g = torch.Generator().manual_seed(1)
+    W, X = torch.randn(24, 40, generator=g), torch.randn(64, 40, generator=g)
+    res = slabopt.solve(W, X, ratio=None, rank=1, method=method, pattern=pattern, max_iter=3)
+    save_file(SLaBLinear.from_result(res, store_dtype=torch.float32).state_dict(), str(tmp_path / "l"))
+    state = load_file(str(tmp_path / "l"))
+    n, m = map(int, pattern.split(":"))
+    assert "mask" not in state and state["nm_codes"].numel() == nm_codes.packed_bytes(24, 40, n, m)
+    layer = SLaBLinear.empty_like_state(state, res.shape)
+    torch.testing.assert_close(layer.reconstruct(), res.reconstruct(), rtol=1e-6, atol=1e-6)
+    kept = layer.positions().reshape(24, 40 // m, m).sum(-1)
+    assert bool((kept == n).all())
+
+
+def test_nm_codes_refuse_a_mask_that_is_not_nm():
+    from slabopt.llm import nm_codes
+
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, :3] = True
+    with pytest.raises(ValueError, match="not 2:4"):
+        nm_codes.encode(mask, 2, 4)
+
+
+def test_cli_pattern_and_value_bits(tiny_checkpoint, tmp_path, capsys):
+    base = ["--model", str(tiny_checkpoint), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "2"]
+    out = tmp_path / "nm"
+    code, so, err = _run_cli(["compress", *base, "--pattern", "2:4", "--out", str(out)], capsys)
+    assert code == 0, err and "pattern 2:4" in so
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["pattern"] == "2:4" and man["settings"]["ratio"] is None
+    loaded, _ = load_compressed(out)
+    lin = block_linears(decoder_layers(loaded)[0])
+    assert all(hasattr(mod, "nm_codes") for mod in lin.values())
+    code, _, err = _run_cli(["compress", *base, "--pattern", "2:4", "--ratio", "0.6", "--out",
+                             str(tmp_path / "x")], capsys)
+    assert code == 2 and "ratio 0.6 allows" in err
+    code, _, err = _run_cli(["compress", *base, "--pattern", "3:2", "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "0 < N < M" in err
+    out32 = tmp_path / "v32"
+    code, _, err = _run_cli(["compress", *base, "--value-bits", "32", "--out", str(out32)], capsys)
+    assert code == 0, err
+    loaded, man = load_compressed(out32)
+    assert man["settings"]["value_bits"] == 32
+    assert all(m.values.dtype == torch.float32 for m in block_linears(decoder_layers(loaded)[0]).values())
+
+
+def test_cli_compare_at_an_nm_pattern(tiny_checkpoint, tmp_path, capsys):
+    code, so, err = _run_cli(["compare", "--model", str(tiny_checkpoint), "--pattern", "2:4", "--methods",
+                              "wanda", "slab", "--calib-tokens", "32", "--seqlen", "16", "--tokens", "32",
+                              "--max-iter", "2", "--work-dir", str(tmp_path / "w"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "| wanda | - (N:M) |" in so and "| slab | - (N:M) |" in so and "pattern 2:4" in so
+    assert (tmp_path / "w" / "slab-2of4-rank1" / "manifest.json").is_file()

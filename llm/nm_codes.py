@@ -1,0 +1,69 @@
+"""Compact storage of an N:M sparsity pattern: one combination code per group of M entries.
+
+A group of M consecutive entries of a row keeps exactly N of them; there are C(M, N) such choices,
+so a group is stored as its index among them (lexicographic order of the kept positions) in
+⌈log₂ C(M, N)⌉ bits, packed most significant bit first: 3 bits per 4 entries for 2:4 (0.75 bit per
+entry) and 7 bits per 8 for 4:8 (0.875), against 1 bit per entry for a bitmask.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from itertools import combinations
+
+import torch
+
+from slabopt import pack_signs, unpack_signs
+
+MAX_M = 16  # lookup tables of 2^M entries
+
+
+def code_bits(n: int, m: int) -> int:
+    """Bits per group: ⌈log₂ C(m, n)⌉."""
+    return max(1, math.ceil(math.log2(math.comb(m, n))))
+
+
+def packed_bytes(rows: int, cols: int, n: int, m: int) -> int:
+    """Bytes of the packed codes of a rows × cols N:M mask."""
+    return math.ceil(rows * (cols // m) * code_bits(n, m) / 8)
+
+
+@cache
+def _tables(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pattern → code, code → pattern); a pattern is the M-bit integer of a group, first entry
+    most significant; patterns that are not N of M map to −1."""
+    patterns = [sum(1 << (m - 1 - j) for j in keep) for keep in combinations(range(m), n)]
+    to_code = torch.full((1 << m,), -1, dtype=torch.int64)
+    to_code[torch.tensor(patterns)] = torch.arange(len(patterns))
+    return to_code, torch.tensor(patterns, dtype=torch.int64)
+
+
+def _bits_msb_first(values: torch.Tensor, width: int) -> torch.Tensor:
+    shifts = torch.arange(width - 1, -1, -1, device=values.device)
+    return ((values.unsqueeze(-1) >> shifts) & 1).reshape(-1)
+
+
+def encode(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Pack a boolean rows × cols mask with exactly ``n`` True in every group of ``m`` (uint8)."""
+    rows, cols = mask.shape
+    if m > MAX_M or cols % m:
+        raise ValueError(f"N:M codes need M <= {MAX_M} and M dividing the {cols} columns")
+    groups = mask.reshape(rows, cols // m, m).to(torch.int64).cpu()
+    value = (groups * (1 << torch.arange(m - 1, -1, -1))).sum(-1)
+    codes = _tables(n, m)[0][value]
+    if bool((codes < 0).any()):
+        raise ValueError(f"the mask is not {n}:{m}: some group of {m} keeps another number of entries")
+    bits = _bits_msb_first(codes.reshape(-1), code_bits(n, m)) > 0
+    return pack_signs(bits.reshape(1, -1)).reshape(-1)
+
+
+def decode(packed: torch.Tensor, rows: int, cols: int, n: int, m: int) -> torch.Tensor:
+    """The boolean rows × cols mask of :func:`encode`'s output."""
+    width, groups = code_bits(n, m), rows * (cols // m)
+    bits = unpack_signs(packed.reshape(1, -1).cpu(), groups * width, torch.int8).reshape(groups, width) > 0
+    codes = (bits.to(torch.int64) * (1 << torch.arange(width - 1, -1, -1))).sum(-1)
+    if bool((codes >= math.comb(m, n)).any()):
+        raise ValueError(f"the packed {n}:{m} codes hold a value beyond C({m}, {n})")
+    pattern = _tables(n, m)[1][codes]
+    return (_bits_msb_first(pattern, m) > 0).reshape(rows, cols).to(packed.device)
