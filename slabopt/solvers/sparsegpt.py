@@ -1,8 +1,9 @@
 """SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
 One-Shot", ICML 2023; github.com/IST-DASLab/sparsegpt, ``sparsegpt.py::fasterprune``).
 
-Faithful port of ``fasterprune``: H = XᵀX + 0.01·mean(diag)·I (the problem's damping), dead inputs
-(diag(XᵀX) = 0) zeroed, Hinv = upper Cholesky factor of H⁻¹; columns processed in blocks of 128;
+Faithful port of ``fasterprune`` (its OBS loop is shared with ``gptq``, see ``_obs.py``):
+H = XᵀX + 0.01·mean(diag)·I (the problem's damping), dead inputs (diag(XᵀX) = 0) zeroed,
+Hinv = upper Cholesky factor of H⁻¹; columns processed in blocks of 128;
 inside a block the mask is chosen by w²/[H⁻¹]_cc² (adaptive mask selection) and every pruned
 weight's error is propagated to the remaining columns by the OBS update
 W[:, c:] −= (w_c − q_c)/[Hinv]_cc · Hinv[c, c:]; after a block, its error is propagated lazily.
@@ -22,7 +23,7 @@ from .._validation import check_int
 from ..objective import diagonal_objective
 from ..problem import Decomposition, Problem
 from ..registry import register_method
-from ._util import hessian_or_diag
+from ._obs import dead_inputs, obs_sweep, sparsegpt_hessian, upper_cholesky_of_inverse
 
 
 def _keep_top(scores: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
@@ -49,48 +50,32 @@ def sparsegpt(problem: Problem, *, blocksize: int = 128) -> Decomposition:
     if pat.kind == "nm" and blocksize % pat.m:
         blocksize = max(pat.m, blocksize // pat.m * pat.m)
     W = bk.to_numpy(problem.W).astype(np.float64, copy=True)
-    H = bk.to_numpy(hessian_or_diag(problem)).astype(np.float64, copy=True)
     m, n = W.shape
-    raw = problem.gram
-    raw_diag = (bk.to_numpy(raw).diagonal() if raw is not None
-                else bk.to_numpy(problem.d) ** 2).astype(np.float64)
-    dead = raw_diag == 0
-    H[dead, dead] = 1.0
+    dead = dead_inputs(problem)
+    H = sparsegpt_hessian(problem, dead)
     W[:, dead] = 0.0
-    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H⁻¹
+    Hinv = upper_cholesky_of_inverse(H)
     keep = np.zeros((m, n), dtype=bool)
     k = bud.nnz if pat.kind == "global" else (bud.nnz_per_row or 0)
-    for i1 in range(0, n, blocksize):
-        i2 = min(i1 + blocksize, n)
-        count = i2 - i1
-        W1 = W[:, i1:i2].copy()
-        Q1 = np.zeros_like(W1)
-        Err1 = np.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        dH = np.diag(Hinv1)
-        keep1 = np.zeros((m, count), dtype=bool)
-        if pat.kind != "nm":
-            tmp = W1**2 / dH[None, :] ** 2
-            kb = k * i2 // n - k * i1 // n
-            if pat.kind == "row":
-                keep1 = _keep_top(tmp, kb)
-            elif kb > 0:
-                flat = _keep_top(tmp.reshape(1, -1), kb)
-                keep1 = flat.reshape(m, count)
-        for i in range(count):
-            w = W1[:, i]
-            dd = Hinv1[i, i]
-            if pat.kind == "nm" and i % pat.m == 0:
-                tmp = W1[:, i:i + pat.m] ** 2 / dH[None, i:i + pat.m] ** 2
-                keep1[:, i:i + pat.m] = _keep_top(tmp, pat.n)
-            q = np.where(keep1[:, i], w, 0.0)
-            Q1[:, i] = q
-            err1 = (w - q) / dd
-            W1[:, i:] -= np.outer(err1, Hinv1[i, i:])
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        keep[:, i1:i2] = keep1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    def start_block(i1: int, i2: int, W1: np.ndarray, Hinv1: np.ndarray) -> None:
+        """Adaptive mask selection over the block (row and global patterns)."""
+        if pat.kind == "nm":
+            return
+        tmp = W1**2 / np.diag(Hinv1)[None, :] ** 2
+        kb = k * i2 // n - k * i1 // n
+        if pat.kind == "row":
+            keep[:, i1:i2] = _keep_top(tmp, kb)
+        elif kb > 0:
+            keep[:, i1:i2] = _keep_top(tmp.reshape(1, -1), kb).reshape(m, i2 - i1)
+
+    def prune_column(c: int, i: int, W1: np.ndarray, Hinv1: np.ndarray) -> np.ndarray:
+        if pat.kind == "nm" and i % pat.m == 0:  # N:M: the authors' per-group selection
+            tmp = W1[:, i:i + pat.m] ** 2 / np.diag(Hinv1)[None, i:i + pat.m] ** 2
+            keep[:, c:c + tmp.shape[1]] = _keep_top(tmp, pat.n)
+        return np.where(keep[:, c], W1[:, i], 0.0)
+
+    obs_sweep(W, Hinv, blocksize, prune_column, start_block)
     S = bk.from_numpy(W, like=problem.W)
     S = problem.xp.astype(S, problem.W.dtype)
     mask = bk.from_numpy(keep, like=problem.W)
