@@ -12,6 +12,7 @@ from .objective import Objectives, objective
 from .patterns import Pattern
 from .problem import Decomposition, Problem
 from .quantize import two_level_quantize
+from .quantized import QuantizedMatrix, QuantLayout
 from .registry import methods, register_method
 from .result import SolveResult, SparseMatrix
 from .signs import pack_signs, unpack_signs
@@ -26,6 +27,8 @@ __all__ = [
     "Objectives",
     "Pattern",
     "Problem",
+    "QuantLayout",
+    "QuantizedMatrix",
     "SolveResult",
     "SparseMatrix",
     "__version__",

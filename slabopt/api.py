@@ -56,7 +56,9 @@ def solve(
         float64. Computation runs in float64 for float64 input and float32 otherwise. Not modified.
     X : (N, n) calibration inputs of the layer, or ``None`` (unweighted, d = 1). Alternatively
         give ``col_norms`` (d_j = ‖X[:, j]‖₂) or ``gram`` (XᵀX, undamped) -- at most one of the three.
-    ratio : fraction of dense b-bit storage to remove, in (0, 1) (may be ``None`` for N:M)
+    ratio : fraction of dense b-bit storage to remove, in (0, 1); may be ``None`` for N:M patterns
+        and for the quantisers "rtn" and "gptq", whose bits are fixed by their options (a given
+        ratio is then checked: ``InfeasibleBudgetError`` if the quantiser costs more)
     rank : r, the rank of L (0 ≤ r ≤ min(m, n))
     method : a registered solver name, see :func:`slabopt.methods`
     pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
@@ -68,7 +70,8 @@ def solve(
     damping : λ of H = XᵀX + λ·mean(diag)·I in the full objective
     callback : called as ``callback(iteration, objective)`` after each iteration
     progress : show a tqdm progress bar over the iterations (needs ``tqdm``)
-    **options : method-specific options (e.g. ``variant="paper"`` for "alternating")
+    **options : method-specific options (e.g. ``variant="paper"`` for "alternating", ``bits`` and
+        ``group_size`` for "rtn" and "gptq")
 
     Returns
     -------
@@ -84,6 +87,8 @@ def solve(
     seed = check_int("seed", seed, 0)
     tol = check_real("tol", tol, 0.0)
     damping = check_real("damping", damping, 0.0)
+    layout = (None if info.quant_layout is None
+              else info.quant_layout(tuple(Wc.shape), info.options_in_force(options)))
     bud = make_budget(
         tuple(Wc.shape),
         ratio,
@@ -92,6 +97,7 @@ def solve(
         value_bits=value_bits,
         index_bits=index_bits,
         components=info.components,
+        quant=layout,
     )
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
@@ -131,6 +137,9 @@ def solve(
             seed=seed,
             damping=damping,
             **options,
+            **({} if layout is None else {"quant": dict(bits=layout.bits, group_size=layout.group_size,
+                                                        symmetric=layout.symmetric,
+                                                        group_index=layout.group_index)}),
         ),
     )
 
@@ -164,11 +173,14 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
     else:
         sparse = SparseMatrix.from_mask(dec.S, dec.mask)
     W_hat = dense_weight(sparse.to_dense(), U=dec.U, V=dec.V, B=dec.B, levels=dec.levels,
-                         row_offset=dec.row_offset)
+                         row_offset=dec.row_offset, quant=dec.quant)
     rank = 0 if dec.U is None else int(dec.U.shape[1])
     row_values = (0 if dec.levels is None else 2) + (0 if dec.row_offset is None else 1)
+    layout = None if dec.quant is None else dec.quant.layout
+    if layout != bud.quant:
+        raise RuntimeError(f"method {name!r} stored a quantised part {layout} but declared {bud.quant}")
     bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None,
-                        row_values)
+                        row_values, quant=layout)
     scale2 = problem.d_scale**2
     E = W - W_hat
     gram = problem.gram
@@ -196,4 +208,5 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         info=dec.info,
         levels=dec.levels,
         row_offset=dec.row_offset,
+        quant=dec.quant,
     )

@@ -1,6 +1,7 @@
 """Exact storage budgets (docs/formulation.md §4).
 
     bits(Ŵ) = (b + ι)·nnz(S) + b·r·(m + n) + m·n        (last term only when B is stored)
+              + bits·m·n + b·(#scales + #zeros)            (a quantised part, §2.3)
     ratio   = 1 − bits(Ŵ) / (b·m·n)
 
 All arithmetic is on integers and exact fractions, so "the largest k with ratio(k) >= ratio" is
@@ -15,13 +16,16 @@ from fractions import Fraction
 
 from ._validation import check_int, check_ratio
 from .patterns import Pattern, parse_pattern
+from .quantized import QuantLayout
 
-COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset"})
+COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset", "quant"})
 SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
 # "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B),
 # docs/formulation.md §2.1, method two_level; it adds 2·b·m bits (``row_values`` = 2) and implies B.
 # "offset": one b-bit value per row (docs/formulation.md §2.2; a per-row offset c in Ŵ = S + c·1ᵀ +
 # L ⊙ B, ``row_values`` = 1).
+# "quant": integer codes with scales and zero points (docs/formulation.md §2.3, methods rtn and gptq);
+# what they cost is fixed by their QuantLayout (bits, group size, symmetric), ``Budget.quant``.
 
 
 class InfeasibleBudgetError(ValueError):
@@ -54,12 +58,15 @@ class Budget:
     index_bits: int
     requested_ratio: float | None
     row_values: int = 0  # b-bit values stored per row (2 for a two-level code)
+    quant: QuantLayout | None = None  # the quantised part, when the method stores one
 
     @property
     def bits(self) -> int:
-        """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n (+ b·row_values·m for two-level codes)."""
+        """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n (+ b·row_values·m for two-level codes)
+        (+ the quantised part's bits)."""
         return storage_bits(
-            self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values
+            self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values,
+            quant=self.quant,
         )
 
     @property
@@ -88,10 +95,13 @@ def storage_bits(
     index_bits: int = 0,
     binary: bool = True,
     row_values: int = 0,
+    *,
+    quant: QuantLayout | None = None,
 ) -> int:
-    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m), exactly.
+    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m) (+ quant), exactly.
 
     ``row_values`` counts b-bit values stored per row (2 for the two-level code of docs/formulation.md §2.1).
+    ``quant`` is the layout of a quantised part: bits·m·n + b·(#scales + #zeros) (+ its group index).
     """
     m, n = shape
     return (
@@ -99,6 +109,7 @@ def storage_bits(
         + value_bits * rank * (m + n)
         + (m * n if binary else 0)
         + value_bits * row_values * m
+        + (0 if quant is None else quant.storage_bits(value_bits))
     )
 
 
@@ -152,6 +163,20 @@ def _infeasible_message(shape: tuple[int, int], ratio: float, rank: int, binary:
             f"ratio <= {shown}" + (f", or {lower}" if lower else ""))
 
 
+def _quant_message(quant: QuantLayout, ratio: float, value_bits: int, fixed: int, dense: int) -> str:
+    """Why a quantiser's fixed cost exceeds the requested ratio, and what to ask for instead."""
+    m, n = quant.shape
+    reached = 1 - Fraction(fixed, dense)
+    head = (f"ratio {ratio} is not reachable with {quant.describe()} for shape {(m, n)}: they cost "
+            f"{float(Fraction(fixed, m * n)):.4f} bits per weight (values at {value_bits} bits), ")
+    if reached <= 0:
+        return head + ("as much as the dense matrix or more; use fewer bits or larger groups, "
+                       "or pass ratio=None to accept this size")
+    return head + (f"i.e. ratio {_at_most(reached)}; pass ratio=None to accept the ratio the "
+                   f"quantiser reaches, ask for ratio <= {_at_most(reached)}, or use fewer bits or "
+                   "larger groups")
+
+
 def budget(
     shape: tuple[int, int],
     ratio: float | None = 0.5,
@@ -161,6 +186,7 @@ def budget(
     value_bits: int = 16,
     index_bits: int = 0,
     components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
+    quant: QuantLayout | None = None,
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
@@ -175,7 +201,12 @@ def budget(
     rank : rank r of L (ignored, i.e. 0, when "lowrank" is not among ``components``)
     pattern : "row" (equal count per row), "global" (top-k over the matrix) or "N:M" such as "2:4"
     value_bits, index_bits : b and ι
-    components : which of "sparse", "lowrank", "binary" the method stores
+    components : which of "sparse", "lowrank", "binary", "twolevel", "offset", "quant" the method
+        stores
+    quant : the :class:`slabopt.quantized.QuantLayout` of the quantised part; required exactly when
+        "quant" is among ``components``. Its bits are fixed by the layout, so a method storing only
+        a quantised part takes ``ratio=None`` (the achieved ratio is reported); a given ratio is
+        checked, never exceeded (docs/formulation.md §4.4).
 
     Raises
     ------
@@ -192,6 +223,10 @@ def budget(
         raise ValueError(
             f"components must be a non-empty subset of {sorted(COMPONENTS)}, got {sorted(components)}"
         )
+    if ("quant" in components) != (quant is not None):
+        raise ValueError('give quant (a QuantLayout) exactly when "quant" is among the components')
+    if quant is not None and tuple(quant.shape) != (m, n):
+        raise ValueError(f"quant layout has shape {tuple(quant.shape)}, the layer {(m, n)}")
     has_lowrank = "lowrank" in components
     rank = check_int("rank", rank, 0, min(m, n)) if has_lowrank else 0
     twolevel = "twolevel" in components
@@ -205,10 +240,12 @@ def budget(
     elif pat.kind != "nm" and "sparse" in components:
         raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
 
-    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values)
+    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values, quant=quant)
     dense = value_bits * m * n
     if ratio is not None:
         spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
+        if spare < 0 and quant is not None:
+            raise InfeasibleBudgetError(_quant_message(quant, ratio, value_bits, fixed, dense))
         if spare < 0:
             largest = max_rank_for_ratio((m, n), ratio, value_bits, binary="binary" in components,
                                          row_values=row_values) if has_lowrank else None
@@ -237,4 +274,5 @@ def budget(
         index_bits=index_bits,
         requested_ratio=None if ratio is None else float(ratio),
         row_values=row_values,
+        quant=quant,
     )

@@ -98,10 +98,11 @@ class Decomposition:
 
     ``S`` is dense (m×n, zero off ``mask``), ``U`` (m×r) and ``V`` (n×r) give L = U Vᵀ, ``B`` is
     the dense ±1 matrix or a boolean matrix (True = +1); ``levels`` (2×m: row 0 low, row 1 high)
-    is a per-row two-level code picked by B (True = high), ``row_offset`` (m) a per-row offset c;
+    is a per-row two-level code picked by B (True = high), ``row_offset`` (m) a per-row offset c,
+    ``quant`` a :class:`slabopt.QuantizedMatrix` (integer codes with scales and zero points);
     parts a method does not store are ``None``. Together they give Ŵ =
-    :func:`slabopt.dense_weight` (S, U, V, B, levels, row_offset). ``history`` holds the objective
-    the method minimises after each iteration.
+    :func:`slabopt.dense_weight` (S, U, V, B, levels, row_offset, quant). ``history`` holds the
+    objective the method minimises after each iteration.
     """
 
     S: Any = None
@@ -111,6 +112,7 @@ class Decomposition:
     B: Any = None
     levels: Any = None
     row_offset: Any = None
+    quant: Any = None
     history: list[float] = field(default_factory=list)
     converged: bool = True
     message: str = ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._validation import check_int
 from .budget import COMPONENTS
@@ -22,7 +23,10 @@ class MethodInfo:
     """A registered solver: its function, one-line description, what it stores, its iteration
     limit when ``solve(max_iter=None)`` (the authors' default for baselines), whether its algorithm
     needs the Gram matrix XᵀX (adapters then collect it; d alone is not enough), and whether it
-    meets the requested budget (``False``: it reaches its own rank and nnz, which are counted)."""
+    meets the requested budget (``False``: it reaches its own rank and nnz, which are counted).
+    ``quant_layout`` (methods with the "quant" component): ``quant_layout(shape, options)`` gives
+    the :class:`slabopt.quantized.QuantLayout` the method will store for the method options in
+    force (``options``: every keyword-only option, defaults filled in)."""
 
     name: str
     func: Callable
@@ -31,10 +35,19 @@ class MethodInfo:
     default_max_iter: int = DEFAULT_MAX_ITER
     needs_gram: bool = False
     fixed_budget: bool = True
+    quant_layout: Callable | None = None
+
+    def _options(self) -> list[inspect.Parameter]:
+        params = list(inspect.signature(self.func).parameters.values())[1:]
+        return [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
     def option_names(self) -> list[str]:
-        params = list(inspect.signature(self.func).parameters.values())[1:]
-        return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        return [p.name for p in self._options()]
+
+    def options_in_force(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Every keyword-only option of the method: ``options`` over the function's defaults."""
+        defaults = {p.name: p.default for p in self._options() if p.default is not inspect.Parameter.empty}
+        return {**defaults, **options}
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -49,17 +62,21 @@ def register_method(
     max_iter: int = DEFAULT_MAX_ITER,
     needs_gram: bool = False,
     fixed_budget: bool = True,
+    quant_layout: Callable | None = None,
     overwrite: bool = False,
 ) -> Callable:
     """Register ``func`` as ``method=name`` (usable as a decorator).
 
     ``components`` says which parts the method stores and therefore how its bits are counted
     (docs/formulation.md §4.2): any non-empty subset of {"sparse", "lowrank", "binary", "twolevel",
-    "offset"}. ``max_iter`` is the method's iteration limit when the caller gives none; the solver
+    "offset", "quant"}. ``max_iter`` is the method's iteration limit when the caller gives none; the solver
     reads the limit in force from ``problem.max_iter``. ``needs_gram``: the method uses XᵀX
     (``problem.gram``), so callers should pass X or ``gram``, not only d. ``fixed_budget=False``:
     the method does not meet the requested (r, k) but reaches its own, whose bits are counted
-    exactly. Method options must be keyword-only parameters of ``func``.
+    exactly. ``quant_layout`` is required with the "quant" component: a function
+    ``(shape, options) -> QuantLayout`` that checks the quantiser options (``options`` holds every
+    option in force) and says what the method stores, so that ``solve`` can count its bits before
+    solving. Method options must be keyword-only parameters of ``func``.
     """
     max_iter = check_int("max_iter", max_iter, 1)
     comps = frozenset(components)
@@ -67,12 +84,14 @@ def register_method(
         raise ValueError(f"components must be a non-empty subset of {sorted(COMPONENTS)}")
     if not isinstance(name, str) or not name:
         raise TypeError("method name must be a non-empty string")
+    if ("quant" in comps) != (quant_layout is not None):
+        raise ValueError('give quant_layout exactly when "quant" is among the components')
 
     def decorate(f: Callable) -> Callable:
         if name in _REGISTRY and not overwrite:
             raise ValueError(f"method {name!r} is already registered (pass overwrite=True)")
         _REGISTRY[name] = MethodInfo(name, f, description, comps, max_iter, bool(needs_gram),
-                                     bool(fixed_budget))
+                                     bool(fixed_budget), quant_layout)
         return f
 
     return decorate if func is None else decorate(func)

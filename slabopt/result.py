@@ -7,6 +7,7 @@ from typing import Any
 
 from . import _backend as bk
 from .budget import Budget
+from .quantized import QuantizedMatrix
 from .signs import unpack_signs
 from .weight import dense_weight
 
@@ -54,8 +55,8 @@ class SparseMatrix:
 
 @dataclass
 class SolveResult:
-    """Result of :func:`slabopt.solve`: Ŵ = S + (U Vᵀ) ⊙ B (+ a two-level code or a per-row offset)
-    and how well and how cheaply it fits.
+    """Result of :func:`slabopt.solve`: Ŵ = S + (U Vᵀ) ⊙ B (+ a two-level code, a per-row offset or a
+    quantised matrix) and how well and how cheaply it fits.
 
     Attributes
     ----------
@@ -65,10 +66,13 @@ class SolveResult:
     levels : two-level code, 2×m (row 0 low, row 1 high value of each row, picked by B = +1 for
         high), ``None`` unless the method stores one ("two_level")
     row_offset : per-row offset c (m values) added as c·1ᵀ, ``None`` unless stored ("slab_offset")
+    quant : :class:`slabopt.QuantizedMatrix` (integer codes, scales, zero points) added as
+        scale·(code − zero), ``None`` unless stored ("rtn", "gptq"; docs/formulation.md §2.3)
     signs_packed : B packed 8 signs per byte, m×ceil(n/8) uint8 (``None`` when B is not stored);
         see :func:`slabopt.signs.unpack_signs` and :meth:`signs`
     bits, ratio : achieved storage in bits and fraction of dense storage removed (docs/formulation.md §4)
-    requested_ratio : the ratio asked for
+    requested_ratio : the ratio asked for (``None`` when none was given, e.g. for "rtn" and "gptq",
+        whose bits are fixed by the quantiser)
     budget : the :class:`slabopt.Budget` the solver was given
     objective : diagonal objective f(Ŵ) = ‖(W − Ŵ)D‖_F² of the returned Ŵ
     objective_full : full objective g(Ŵ) when X or the Gram matrix was given, else ``None``
@@ -103,6 +107,7 @@ class SolveResult:
     info: dict = field(default_factory=dict)
     levels: Any = None
     row_offset: Any = None
+    quant: QuantizedMatrix | None = None
 
     @property
     def ratio(self) -> float:
@@ -136,7 +141,7 @@ class SolveResult:
     def reconstruct(self, dtype: Any = None) -> Any:
         """Ŵ = :func:`slabopt.dense_weight` of the stored parts, cast to W's dtype by default."""
         W_hat = dense_weight(self.sparse.to_dense(), U=self.U, V=self.V, B=self.signs(),
-                             levels=self.levels, row_offset=self.row_offset)
+                             levels=self.levels, row_offset=self.row_offset, quant=self.quant)
         return self._xp().astype(W_hat, self.dtype if dtype is None else dtype)
 
     def __repr__(self) -> str:

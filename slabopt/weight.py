@@ -6,6 +6,7 @@ from typing import Any
 
 from . import _backend as bk
 from .linalg import outer
+from .quantized import QuantizedMatrix
 from .signs import pm1_from_positive
 
 
@@ -22,13 +23,17 @@ def dense_weight(
     B: Any = None,
     levels: Any = None,
     row_offset: Any = None,
+    quant: QuantizedMatrix | None = None,
 ) -> Any:
-    """Ŵ = S + (U Vᵀ) ⊙ B + where(B, high, low) + c·1ᵀ, each term only when its parts are given.
+    """Ŵ = S + (U Vᵀ) ⊙ B + where(B, high, low) + c·1ᵀ + scale·(code − zero), each term only when
+    its parts are given.
 
     ``S`` is the dense m×n sparse part; ``U`` (m×r) and ``V`` (n×r) the factors of L (without
     ``B``, L is added as is); ``B`` the ±1 matrix or a boolean "is +1" matrix; ``levels`` (2×m)
     the two-level code, row 0 the low and row 1 the high value of each row, picked by B (+1 =
-    high); ``row_offset`` c (m) a per-row offset. Works on NumPy, PyTorch and CuPy arrays.
+    high); ``row_offset`` c (m) a per-row offset; ``quant`` a :class:`slabopt.QuantizedMatrix`,
+    added as :meth:`~slabopt.QuantizedMatrix.dequantize` (docs/formulation.md §2.3). Works on NumPy,
+    PyTorch and CuPy arrays.
     """
     xp = bk.namespace(S)
     if (U is None) != (V is None):
@@ -47,4 +52,8 @@ def dense_weight(
         W_hat = W_hat + xp.where(high, _column(xp, levels[1]), _column(xp, levels[0]))
     if row_offset is not None:
         W_hat = W_hat + _column(xp, row_offset)
+    if quant is not None:
+        if tuple(quant.shape) != tuple(S.shape):
+            raise ValueError(f"quant has shape {tuple(quant.shape)}, S {tuple(S.shape)}")
+        W_hat = W_hat + quant.dequantize(S.dtype)
     return W_hat
