@@ -117,6 +117,7 @@ def cmd_eval(args) -> int:
         from .data import read_text_file
 
         read_text_file(args.eval_file)  # a bad file fails before the slow model load
+    tasks = _tasks(args.tasks)
     model, tok, path, info = load_target(args.target, args.model, args.dtype, resolve_device(args.device),
                                          verify=not args.no_verify)
     t0 = time.perf_counter()
@@ -124,12 +125,31 @@ def cmd_eval(args) -> int:
         res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=not args.json,
                              eval_file=args.eval_file)
     res.update(info, eval_seconds=time.perf_counter() - t0)
+    if tasks:
+        from .zeroshot import zero_shot
+
+        t0 = time.perf_counter()
+        res.update(zero_shot(model, tok, tasks, limit=args.limit, batch_size=args.batch_size,
+                             progress=not args.json), zero_shot_seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(res, default=str))
     else:
         print(f"perplexity {res['perplexity']:.4f}  ({res['windows']} windows x {res['seqlen']} tokens"
               f"{', each starting with BOS' if res['bos'] else ''} of {res['text']}; {info.get('method')})")
+        for name, t in res.get("tasks", {}).items():
+            norm = "-" if t["acc_norm"] is None else f"{t['acc_norm']:.4f}"
+            print(f"{name:14s} acc {t['acc']:.4f}  acc_norm {norm}  ({t['n']} documents, {t['split']})")
+        if tasks:
+            print(f"zero-shot average (acc) {res['zero_shot_average']:.4f}")
     return 0
+
+
+def _tasks(spec: str | None) -> tuple[str, ...]:
+    if not spec:
+        return ()
+    from .zeroshot import parse_tasks
+
+    return parse_tasks(spec)
 
 
 def cmd_export(args) -> int:
@@ -160,7 +180,8 @@ def cmd_compare(args) -> int:
                          plot=Path(args.plot) if args.plot else None, model=args.model,
                          calib_tokens=pick["calib_tokens"], seqlen=pick["seqlen"], tokens=pick["tokens"],
                          dtype=args.dtype, device=args.device, overwrite=args.overwrite,
-                         progress=not args.no_progress,
+                         progress=not args.no_progress, tasks=_tasks(args.tasks), limit=args.limit,
+                         batch_size=args.batch_size,
                          method_options=split_options(methods, dict(args.option or [])))
     md, outputs = run_compare(cs)
     print()
@@ -183,6 +204,16 @@ def _common(sp) -> None:
     sp.add_argument("--dtype", default="float32", choices=DTYPES,
                     help="storage dtype of the model's weights and activations; solvers compute in "
                          "float32 (default: %(default)s)")
+
+
+def _zero_shot_args(sp) -> None:
+    sp.add_argument("--tasks", default=None, metavar="LIST",
+                    help="zero-shot tasks to score with lm-eval, 'all' or a comma list of arc_challenge, "
+                         "arc_easy, boolq, hellaswag, piqa, rte, winogrande (default: none)")
+    sp.add_argument("--limit", type=POSITIVE, default=None, metavar="N",
+                    help="score the first N documents of each task, in file order (default: all)")
+    sp.add_argument("--batch-size", type=POSITIVE, default=16, metavar="N",
+                    help="zero-shot requests per forward pass (default: %(default)s)")
 
 
 def _layer_selection(sp) -> None:
@@ -254,6 +285,7 @@ def _eval_parser(sub) -> None:
     e.add_argument("--eval-file", default=None, metavar="PATH",
                    help="test text, scored from its start: a UTF-8 .txt file, or .jsonl with a \"text\" "
                         "field per line (default: the shipped Wikipedia test split)")
+    _zero_shot_args(e)
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     e.add_argument("--no-verify", action="store_true",
                    help="skip the SHA-256 check of the folder's files (faster; damage goes unnoticed)")
@@ -300,6 +332,7 @@ def _compare_parser(sub) -> None:
                    help="CPU-sized run: ratio 0.5, 8 x 256 calibration tokens, 8 x 256 test tokens, "
                         "magnitude wanda sparsegpt slab")
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _zero_shot_args(k)
     _layer_selection(k)
     _solver_options(k)
     k.set_defaults(func=cmd_compare)

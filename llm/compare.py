@@ -39,6 +39,9 @@ class CompareSettings:
     device: str = "cpu"
     overwrite: bool = False
     progress: bool = True
+    tasks: tuple[str, ...] = ()
+    limit: int | None = None
+    batch_size: int = 16
     method_options: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
@@ -48,7 +51,8 @@ class CompareSettings:
                 "seqlen": self.seqlen, "calib_tokens": self.calib_tokens, "seed": b.seed, "rank": b.rank,
                 "max_iter": b.max_iter, "ratios": list(self.ratios), "methods": list(self.methods),
                 "options": dict(b.options), "value_bits": b.value_bits, "index_bits": b.index_bits,
-                "pattern": b.pattern, "dtype": self.dtype, "device": str(self.device)}
+                "pattern": b.pattern, "dtype": self.dtype, "device": str(self.device),
+                "tasks": list(self.tasks), "limit": self.limit}
 
 
 def split_options(methods: tuple[str, ...], options: dict) -> dict[str, dict]:
@@ -117,13 +121,24 @@ def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | No
         print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
         return None
     cmodel, _, _, _ = load_target(str(out), None, cs.dtype, resolve_device(cs.device))
-    ev = evaluate_model(cmodel, tok, path, cs.tokens, cs.seqlen)
+    ev = _scores(cs, cmodel, tok, path)
     s = man["sizes"]
     print(f"[compare] {method} ratio {ratio}: perplexity {ev['perplexity']:.3f} "
           f"({man['compress_seconds']:.1f}s)", flush=True)
-    return {"method": method, "ratio": ratio, "perplexity": ev["perplexity"],
-            "budget_ratio": s["linear_budget_ratio"], "disk_bytes": s["linear_bytes_on_disk"],
-            "disk_ratio": s["linear_disk_ratio"], "seconds": man["compress_seconds"]}
+    return {"method": method, "ratio": ratio, **ev, "budget_ratio": s["linear_budget_ratio"],
+            "disk_bytes": s["linear_bytes_on_disk"], "disk_ratio": s["linear_disk_ratio"],
+            "seconds": man["compress_seconds"]}
+
+
+def _scores(cs: CompareSettings, model, tok, path) -> dict:
+    """Perplexity, and the zero-shot average and per-task results when tasks were asked for."""
+    out = {"perplexity": evaluate_model(model, tok, path, cs.tokens, cs.seqlen)["perplexity"]}
+    if cs.tasks:
+        from .zeroshot import zero_shot
+
+        zs = zero_shot(model, tok, cs.tasks, limit=cs.limit, batch_size=cs.batch_size, progress=cs.progress)
+        out.update(zero_shot_average=zs["zero_shot_average"], zero_shot=zs["tasks"])
+    return out
 
 
 def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
@@ -133,11 +148,11 @@ def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
     t_start = time.perf_counter()
     model, tok, path = load_model(cs.model, cs.dtype)
     print(f"[compare] dense: evaluating {cs.tokens} tokens at seqlen {cs.seqlen}", flush=True)
-    dense = evaluate_model(model.to(resolve_device(cs.device)), tok, path, cs.tokens, cs.seqlen)
+    dense = _scores(cs, model.to(resolve_device(cs.device)), tok, path)
     b = cs.base
     dense16 = sum(2 * m.weight.numel() for i, blk in enumerate(decoder_layers(model))
                   for m in block_linears(blk, block_prefix(model, i), b.targets, b.ignore).values())
-    rows = [{"method": "dense", "ratio": 0.0, "perplexity": dense["perplexity"], "dense16_bytes": dense16}]
+    rows = [{"method": "dense", "ratio": 0.0, **dense, "dense16_bytes": dense16}]
     print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
     del model
     for ratio in cs.ratios:

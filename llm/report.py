@@ -5,16 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _dense_row(r: dict) -> str:
+def _zero_shot_cell(r: dict, with_zero_shot: bool) -> str:
+    if not with_zero_shot:
+        return ""
+    avg = r.get("zero_shot_average")
+    return " - |" if avg is None else f" {avg:.4f} |"
+
+
+def _dense_row(r: dict, zs: bool) -> str:
     return (f"| dense | 0 | 0 | {r.get('dense16_bytes', 0):,} (16-bit) | 0 | {r['perplexity']:.3f} "
-            "| 1.000 | - |")
+            f"| 1.000 |{_zero_shot_cell(r, zs)} - |")
 
 
-def _method_row(r: dict, dense: float | None) -> str:
+def _method_row(r: dict, dense: float | None, zs: bool) -> str:
     rel = f"{r['perplexity'] / dense:.3f}" if dense else "-"
     requested = r["ratio"] if r["ratio"] is not None else "- (N:M)"
     return (f"| {r['method']} | {requested} | {r['budget_ratio']:.4f} | {r['disk_bytes']:,} "
-            f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} | {r['seconds']:.1f} |")
+            f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} |{_zero_shot_cell(r, zs)} "
+            f"{r['seconds']:.1f} |")
 
 
 def caption(s: dict) -> str:
@@ -30,36 +38,52 @@ def caption(s: dict) -> str:
 
 def markdown_table(rows: list[dict], settings: dict) -> str:
     """Markdown table of the ``compare`` rows (dense first), with a caption of the settings."""
+    zs = any("zero_shot_average" in r for r in rows)
     lines = [
         "| method | ratio (requested) | ratio (budget, achieved) | linear bytes on disk | ratio on disk "
-        "| perplexity | × dense | compress time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| perplexity | × dense |{' zero-shot avg (acc) |' if zs else ''} compress time (s) |",
+        "|---|---|---|---|---|---|---|" + ("---|" if zs else "") + "---|",
     ]
     dense = next((r["perplexity"] for r in rows if r["method"] == "dense"), None)
-    lines += [_dense_row(r) if r["method"] == "dense" else _method_row(r, dense) for r in rows]
-    return "\n".join([*lines, "", caption(settings)])
+    lines += [_dense_row(r, zs) if r["method"] == "dense" else _method_row(r, dense, zs) for r in rows]
+    tasks = settings.get("tasks") or []
+    note = (f" Zero-shot: lm-eval on the shipped validation splits of {', '.join(tasks)}, first "
+            f"{settings.get('limit') or 'all'} documents each; the average is of acc." if zs else "")
+    return "\n".join([*lines, "", caption(settings) + note])
+
+
+def _x(r: dict) -> float:
+    return r["ratio"] if r["ratio"] is not None else r["budget_ratio"]
+
+
+def _panel(ax, rows: list[dict], key: str, label: str, log: bool) -> None:
+    dense = next((r.get(key) for r in rows if r["method"] == "dense"), None)
+    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
+        pts = sorted((_x(r), r[key]) for r in rows if r["method"] == m and r.get(key) is not None)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    if dense is not None:
+        ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("compression ratio (fraction of 16-bit storage removed)")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    """PNG of perplexity (log scale) against the requested ratio, one line per method."""
+    """PNG of perplexity (log scale) against the ratio, one line per method, and next to it the
+    zero-shot average when the rows have one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    dense = next((r["perplexity"] for r in rows if r["method"] == "dense"), None)
-    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        pts = sorted((r["ratio"] if r["ratio"] is not None else r["budget_ratio"], r["perplexity"])
-                     for r in rows if r["method"] == m)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
-    if dense:
-        ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("compression ratio (fraction of 16-bit storage removed)")
-    ax.set_ylabel("test perplexity (log scale)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    zs = any(r.get("zero_shot_average") is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if zs else 1, figsize=(11 if zs else 6, 4), squeeze=False)
+    _panel(axes[0][0], rows, "perplexity", "test perplexity (log scale)", log=True)
+    if zs:
+        _panel(axes[0][1], rows, "zero_shot_average", "zero-shot average accuracy", log=False)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

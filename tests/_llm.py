@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 
 
-def tiny_model(layers: int = 2, vocab: int = 96, seed: int = 0):
+def tiny_model(layers: int = 2, vocab: int = 96, seed: int = 0, max_positions: int = 64):
     """A random LlamaForCausalLM with GQA shapes (hidden 48, 6 heads, 2 KV heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=layers,
                       num_attention_heads=6, num_key_value_heads=2, head_dim=8,
-                      max_position_embeddings=64, tie_word_embeddings=True)
+                      max_position_embeddings=max_positions, tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -23,7 +23,7 @@ def windows(vocab: int = 96, n: int = 3, seqlen: int = 12, seed: int = 1) -> tor
     return torch.randint(0, vocab, (n, seqlen), generator=g)
 
 
-def save_checkpoint(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+def save_checkpoint(folder: Path, seed: int = 0, layers: int = 2, max_positions: int = 64) -> Path:
     """A tiny Llama checkpoint folder with a character-level WordLevel tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -34,7 +34,8 @@ def save_checkpoint(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
     fast.save_pretrained(folder)
-    tiny_model(layers=layers, vocab=len(vocab), seed=seed).save_pretrained(folder)
+    model = tiny_model(layers=layers, vocab=len(vocab), seed=seed, max_positions=max_positions)
+    model.save_pretrained(folder)
     return Path(folder)
 
 

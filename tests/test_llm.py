@@ -489,3 +489,29 @@ def test_cli_compare_at_an_nm_pattern(tiny_checkpoint, tmp_path, capsys):
     assert code == 0, err
     assert "| wanda | - (N:M) |" in so and "| slab | - (N:M) |" in so and "pattern 2:4" in so
     assert (tmp_path / "w" / "slab-2of4-rank1" / "manifest.json").is_file()
+
+
+def test_cli_eval_and_compare_report_zero_shot(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    from slabopt.llm.zeroshot import data_dir
+
+    try:
+        data_dir()
+    except UserError as exc:
+        pytest.skip(str(exc))
+    tiny_checkpoint = save_checkpoint(tmp_path / "long", max_positions=2048)  # room for a choice
+    code, so, err = _run_cli(["eval", "dense", "--model", str(tiny_checkpoint), "--tokens", "32", "--seqlen",
+                              "16", "--tasks", "piqa,arc_easy", "--limit", "4", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(so)
+    assert set(res["tasks"]) == {"piqa", "arc_easy"} and res["tasks"]["piqa"]["n"] == 4
+    assert res["zero_shot_average"] == pytest.approx((res["tasks"]["piqa"]["acc"] +
+                                                       res["tasks"]["arc_easy"]["acc"]) / 2)
+    code, so, err = _run_cli(["compare", "--model", str(tiny_checkpoint), "--ratios", "0.5", "--methods",
+                              "wanda", "--calib-tokens", "32", "--seqlen", "16", "--tokens", "32",
+                              "--work-dir", str(tmp_path / "w"), "--no-progress", "--tasks", "piqa",
+                              "--limit", "4"], capsys)
+    assert code == 0, err
+    assert "zero-shot avg (acc)" in so and "first 4 documents" in so
+    rows = json.loads((tmp_path / "w" / "results.json").read_text())["rows"]
+    assert all(0 <= r["zero_shot_average"] <= 1 for r in rows) and len(rows) == 2
