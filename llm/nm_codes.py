@@ -14,7 +14,7 @@ from itertools import combinations
 
 import torch
 
-from slabopt import pack_signs, unpack_signs
+from .bitpack import binary_digits, pack_uint, packed_width, unpack_uint
 
 MAX_M = 16  # lookup tables of 2^M entries
 
@@ -26,7 +26,7 @@ def code_bits(n: int, m: int) -> int:
 
 def packed_bytes(rows: int, cols: int, n: int, m: int) -> int:
     """Bytes of the packed codes of a rows × cols N:M mask."""
-    return math.ceil(rows * (cols // m) * code_bits(n, m) / 8)
+    return packed_width(rows * (cols // m), code_bits(n, m))
 
 
 @cache
@@ -39,11 +39,6 @@ def _tables(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return to_code, torch.tensor(patterns, dtype=torch.int64)
 
 
-def _bits_msb_first(values: torch.Tensor, width: int) -> torch.Tensor:
-    shifts = torch.arange(width - 1, -1, -1, device=values.device)
-    return ((values.unsqueeze(-1) >> shifts) & 1).reshape(-1)
-
-
 def encode(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Pack a boolean rows × cols mask with exactly ``n`` True in every group of ``m`` (uint8)."""
     rows, cols = mask.shape
@@ -54,16 +49,13 @@ def encode(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
     codes = _tables(n, m)[0][value]
     if bool((codes < 0).any()):
         raise ValueError(f"the mask is not {n}:{m}: some group of {m} keeps another number of entries")
-    bits = _bits_msb_first(codes.reshape(-1), code_bits(n, m)) > 0
-    return pack_signs(bits.reshape(1, -1)).reshape(-1)
+    return pack_uint(codes.reshape(1, -1), code_bits(n, m)).reshape(-1)
 
 
 def decode(packed: torch.Tensor, rows: int, cols: int, n: int, m: int) -> torch.Tensor:
     """The boolean rows × cols mask of :func:`encode`'s output."""
-    width, groups = code_bits(n, m), rows * (cols // m)
-    bits = unpack_signs(packed.reshape(1, -1).cpu(), groups * width, torch.int8).reshape(groups, width) > 0
-    codes = (bits.to(torch.int64) * (1 << torch.arange(width - 1, -1, -1))).sum(-1)
+    codes = unpack_uint(packed.reshape(1, -1).cpu(), rows * (cols // m), code_bits(n, m)).reshape(-1)
     if bool((codes >= math.comb(m, n)).any()):
         raise ValueError(f"the packed {n}:{m} codes hold a value beyond C({m}, {n})")
     pattern = _tables(n, m)[1][codes]
-    return (_bits_msb_first(pattern, m) > 0).reshape(rows, cols).to(packed.device)
+    return binary_digits(pattern, m).reshape(rows, cols).to(packed.device)
