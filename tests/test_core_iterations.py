@@ -66,7 +66,7 @@ def test_register_method_takes_a_default_max_iter():
 @pytest.mark.parametrize("method", sorted(slabopt.methods()))
 def test_gram_need_and_fixed_budget_are_declared(method):
     info = get_method(method)
-    assert info.needs_gram is (method in {"sparsegpt", "admm"})
+    assert info.needs_gram is (method in {"sparsegpt", "admm", "gptq"})
     assert info.fixed_budget is (method != "rpca")
 
 

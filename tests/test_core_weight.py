@@ -11,8 +11,8 @@ W = rng.standard_t(4, size=(12, 16)) + rng.standard_normal((12, 1))
 X = rng.standard_normal((40, 16))
 
 
-def by_hand(S, U=None, V=None, B=None, levels=None, row_offset=None):
-    """Ŵ = S + (U Vᵀ) ⊙ B + where(B, high, low) + c·1ᵀ written out in NumPy."""
+def by_hand(S, U=None, V=None, B=None, levels=None, row_offset=None, quant=None):
+    """Ŵ = S + (U Vᵀ) ⊙ B + where(B, high, low) + c·1ᵀ + scale·(code − zero) written out in NumPy."""
     W_hat = S.copy()
     if U is not None:
         W_hat += (U @ V.T) * (1 if B is None else B)
@@ -20,6 +20,13 @@ def by_hand(S, U=None, V=None, B=None, levels=None, row_offset=None):
         W_hat += np.where(B > 0, levels[1][:, None], levels[0][:, None])
     if row_offset is not None:
         W_hat += row_offset[:, None]
+    if quant is not None:
+        n = S.shape[1]
+        group = [quant.group_index[j] if quant.group_index is not None
+                 else (0 if quant.group_size is None else j // quant.group_size) for j in range(n)]
+        for j in range(n):
+            zero = 2.0 ** (quant.bits - 1) if quant.zeros is None else quant.zeros[:, group[j]]
+            W_hat[:, j] += quant.scales[:, group[j]] * (quant.codes[:, j].astype(float) - zero)
     return W_hat
 
 
@@ -57,10 +64,17 @@ def test_torch_matches_numpy():
     np.testing.assert_allclose(got.numpy(), dense_weight(S, U=U, V=V, B=B, levels=levels, row_offset=c))
 
 
-@pytest.mark.parametrize("method", sorted(slabopt.methods()))
-def test_reconstruct_is_dense_weight_of_the_parts(method):
-    res = slabopt.solve(W, X, ratio=0.5, rank=2, method=method, max_iter=3)
-    parts = dict(U=res.U, V=res.V, B=res.signs(), levels=res.levels, row_offset=res.row_offset)
+QUANT_OPTIONS = {"rtn": [{}, {"group_size": None}, {"bits": 3, "group_size": 5, "symmetric": True}],
+                 "gptq": [{}, {"group_size": None}, {"bits": 2, "group_size": 8, "act_order": True}]}
+
+
+@pytest.mark.parametrize(("method", "options"),
+                         [(m, o) for m in sorted(slabopt.methods()) for o in QUANT_OPTIONS.get(m, [{}])])
+def test_reconstruct_is_dense_weight_of_the_parts(method, options):
+    res = slabopt.solve(W, X, ratio=0.5, rank=2, method=method, max_iter=3, **options)
+    parts = dict(U=res.U, V=res.V, B=res.signs(), levels=res.levels, row_offset=res.row_offset,
+                 quant=res.quant)
+    assert (res.quant is not None) is (method in QUANT_OPTIONS)
     S = res.sparse.to_dense()
     np.testing.assert_array_equal(res.reconstruct(), dense_weight(S, **parts))
     np.testing.assert_allclose(res.reconstruct(), by_hand(S, **parts), rtol=1e-12, atol=1e-12)

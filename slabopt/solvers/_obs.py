@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg import lapack
 
 from .. import _backend as bk
 from ..problem import Problem
@@ -65,9 +66,21 @@ def gptq_hessian(problem: Problem, dead: np.ndarray, perm: np.ndarray | None = N
     return H
 
 
-def upper_cholesky_of_inverse(H: np.ndarray) -> np.ndarray:
-    """Hinv = the upper Cholesky factor of H⁻¹ (Hinvᵀ Hinv = H⁻¹)."""
-    return np.linalg.cholesky(np.linalg.inv(H)).T
+def upper_cholesky_of_inverse(H: np.ndarray, *, via_cholesky: bool = False) -> np.ndarray:
+    """Hinv = the upper Cholesky factor of H⁻¹ (Hinvᵀ Hinv = H⁻¹).
+
+    H⁻¹ comes from ``inv`` (``sparsegpt``, unchanged since its first version) or, with
+    ``via_cholesky``, from H's Cholesky factor as the GPTQ authors compute it (``cholesky`` then
+    ``cholesky_inverse``, LAPACK potrf/potri): the same matrix up to rounding, in about half the
+    operations."""
+    if not via_cholesky:
+        return np.linalg.cholesky(np.linalg.inv(H)).T
+    L = np.linalg.cholesky(H)
+    inv, info = lapack.dpotri(L, lower=1)
+    if info != 0:  # pragma: no cover - L comes from a successful Cholesky factorisation
+        raise np.linalg.LinAlgError(f"potri failed (info = {info})")
+    inv = np.tril(inv) + np.tril(inv, -1).T
+    return np.linalg.cholesky(inv).T
 
 
 ColumnRule = Callable[[int, int, np.ndarray, np.ndarray], np.ndarray]
