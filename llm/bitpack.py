@@ -26,6 +26,7 @@ def binary_digits(values: torch.Tensor, width: int) -> torch.Tensor:
 def pack_uint(values: torch.Tensor, width: int) -> torch.Tensor:
     """rows × cols integers in [0, 2^width) → rows × ⌈cols·width/8⌉ uint8."""
     rows, cols = values.shape
+    values = values.to(torch.int64)
     if bool((values < 0).any()) or bool((values >= 1 << width).any()):
         raise ValueError(f"values must lie in [0, {1 << width}) to be packed at {width} bits")
     return pack_signs(binary_digits(values, width).reshape(rows, cols * width))

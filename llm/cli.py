@@ -79,8 +79,17 @@ def _config(args, method: str, ratio: float | None, options: dict):
                           targets=args.targets, ignore=args.ignore or None)
 
 
-def _is_nm(pattern: str) -> bool:
-    return ":" in pattern
+def _fixed_budget(method: str, pattern: str) -> bool:
+    """Whether the method and pattern fix the bits by themselves (N:M patterns, quantisers)."""
+    from slabopt.registry import get_method
+
+    from .pipeline import solver_name
+
+    try:
+        quantiser = get_method(solver_name(method)).quant_layout is not None
+    except ValueError:
+        quantiser = False
+    return ":" in pattern or quantiser
 
 
 def cmd_compress(args) -> int:
@@ -88,7 +97,7 @@ def cmd_compress(args) -> int:
 
     _threads(args.threads)
     out = Path(args.out)
-    ratio = args.ratio if args.ratio is not None or _is_nm(args.pattern) else 0.5
+    ratio = args.ratio if args.ratio is not None or _fixed_budget(args.method, args.pattern) else 0.5
     cfg = _config(args, args.method, ratio, dict(args.option or []))
     man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
                               dtype=args.dtype, device=args.device, resume=args.resume,
@@ -169,7 +178,7 @@ def cmd_compare(args) -> int:
     _threads(args.threads)
     preset = QUICK if args.quick else FULL
     pick = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in preset.items()}
-    if _is_nm(args.pattern) and args.ratios is None:
+    if ":" in args.pattern and args.ratios is None:
         pick["ratios"] = [None]  # the N:M pattern fixes the sparse part
     methods = tuple(pick["methods"])
     base = replace(_config(args, "slab", 0.5, dict(args.option or [])), max_iter=pick["max_iter"])
@@ -254,7 +263,8 @@ def _compress_parser(sub) -> None:
                    help="slab (= alternating) or any registered method (default: %(default)s)")
     c.add_argument("--ratio", type=RATIO, default=None,
                    help="fraction of the dense storage (at --value-bits) of each linear layer to remove, "
-                        "in (0, 1) (default: 0.5; with an N:M --pattern none: the pattern fixes it)")
+                        "in (0, 1) (default: 0.5; none with an N:M --pattern or a quantiser such as rtn "
+                        "or gptq, whose options fix the bits; when given, it is checked)")
     _budget_args(c, compare=False)
     c.add_argument("--calib-tokens", type=POSITIVE, default=16384, metavar="N",
                    help="calibration tokens, drawn as windows of --seqlen (default: %(default)s)")

@@ -55,6 +55,13 @@ class CompareSettings:
                 "tasks": list(self.tasks), "limit": self.limit}
 
 
+def is_quantiser(method: str) -> bool:
+    """A method whose options (bits, group size) fix its bits, so it runs once, at no ratio."""
+    from slabopt.registry import get_method
+
+    return get_method(solver_name(method)).quant_layout is not None
+
+
 def split_options(methods: tuple[str, ...], options: dict) -> dict[str, dict]:
     """Per method, the solver options its solver accepts (compare runs several solvers at once)."""
     from slabopt.registry import get_method
@@ -104,9 +111,15 @@ def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | No
     """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
     from dataclasses import replace
 
-    budget = f"r{ratio}" if ratio is not None else cs.base.pattern.replace(":", "of")
+    options = cs.method_options.get(method, {})
+    if ratio is not None:
+        budget = f"r{ratio}"
+    elif is_quantiser(method):
+        budget = "q" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    else:
+        budget = cs.base.pattern.replace(":", "of")
     out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}"
-    cfg = replace(cs.base, method=method, ratio=ratio, options=cs.method_options.get(method, {}))
+    cfg = replace(cs.base, method=method, ratio=ratio, options=options)
     print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
     exists = out.exists() and any(out.iterdir())
     try:
@@ -155,9 +168,11 @@ def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
     rows = [{"method": "dense", "ratio": 0.0, **dense, "dense16_bytes": dense16}]
     print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
     del model
-    for ratio in cs.ratios:
+    for i, ratio in enumerate(cs.ratios):
         for method in cs.methods:
-            row = _one(cs, method, ratio, tok, path)
+            if is_quantiser(method) and i > 0:
+                continue  # its options fix the bits: one run, at no requested ratio
+            row = _one(cs, method, None if is_quantiser(method) else ratio, tok, path)
             if row is not None:
                 rows.append(row)
                 _write(rows, described, outputs, t_start)

@@ -74,7 +74,8 @@ def solver_name(method: str) -> str:
 class CompressConfig:
     """What decides the compressed model: method, budget, solver settings and which layers.
 
-    ``ratio`` may be ``None`` for an N:M ``pattern``, which fixes the sparse part by itself.
+    ``ratio`` may be ``None`` for an N:M ``pattern``, which fixes the sparse part by itself, and for
+    quantisers (``rtn``, ``gptq``), whose bits are fixed by their options (``bits``, ``group_size``).
     ``targets`` / ``ignore`` are regular expressions on the full names of the linear layers inside
     the decoder blocks (``re.search``); ``None`` targets every one. ``options`` are the solver's own
     keywords.
@@ -113,9 +114,9 @@ class CompressConfig:
             is_nm = parse_pattern(self.pattern).kind == "nm"
         except (ValueError, TypeError) as exc:
             raise UserError(str(exc)) from None
-        if self.ratio is None and not is_nm:
-            raise UserError(f"pattern {self.pattern!r} needs a ratio; only N:M patterns fix the budget "
-                            "by themselves")
+        if self.ratio is None and not is_nm and info.quant_layout is None:
+            raise UserError(f"method {self.method!r} with pattern {self.pattern!r} needs a ratio; only N:M "
+                            "patterns and quantisers (rtn, gptq) fix the budget by themselves")
         return info
 
     def record(self, windows: torch.Tensor, text: str | None, dtype: torch.dtype) -> dict:

@@ -19,7 +19,7 @@ def _dense_row(r: dict, zs: bool) -> str:
 
 def _method_row(r: dict, dense: float | None, zs: bool) -> str:
     rel = f"{r['perplexity'] / dense:.3f}" if dense else "-"
-    requested = r["ratio"] if r["ratio"] is not None else "- (N:M)"
+    requested = r["ratio"] if r["ratio"] is not None else "- (fixed)"
     return (f"| {r['method']} | {requested} | {r['budget_ratio']:.4f} | {r['disk_bytes']:,} "
             f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} |{_zero_shot_cell(r, zs)} "
             f"{r['seconds']:.1f} |")

@@ -27,9 +27,11 @@ import warnings
 import torch
 from torch import nn
 
-from slabopt import dense_weight, pack_signs, unpack_signs
+from slabopt import QuantizedMatrix, dense_weight, pack_signs, unpack_signs
+from slabopt.quantized import QuantLayout
 
 from . import nm_codes
+from .bitpack import pack_uint, packed_width, unpack_uint
 
 FACTORED_MAX_RANK = 4
 
@@ -38,7 +40,7 @@ class SLaBLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, nnz: int = 0, rank: int = 0,
                  has_signs: bool = False, has_levels: bool = False, has_offset: bool = False,
-                 bias: bool = False, nm: tuple[int, int] | None = None,
+                 bias: bool = False, nm: tuple[int, int] | None = None, quant: QuantLayout | None = None,
                  store_dtype: torch.dtype = torch.float16, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         m, n = out_features, in_features
@@ -46,9 +48,9 @@ class SLaBLinear(nn.Module):
         self.compute_dtype = compute_dtype
         self.cache_weight = False  # keep the dense Ŵ after the first call (fast evaluation on CPU)
         self._W: torch.Tensor | None = None
-        if nm is None:
+        if nm is None and nnz:
             self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
-        else:
+        elif nnz:
             self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
             self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8))
         self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int64), persistent=False)
@@ -61,6 +63,22 @@ class SLaBLinear(nn.Module):
         self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype) if has_levels else None)
         self.register_buffer("row_offset", torch.zeros(m, dtype=store_dtype) if has_offset else None)
         self.register_buffer("bias", torch.zeros(m, dtype=store_dtype) if bias else None)
+        if quant is not None:
+            self._quant_buffers(quant, store_dtype)
+
+    def _quant_buffers(self, q: QuantLayout, store_dtype: torch.dtype) -> None:
+        """Codes packed at ``bits`` bits, scales (and zero points) per row and group, the column
+        group index packed at ⌈log₂ groups⌉ bits, and the layout itself (``q_layout``)."""
+        m, n = q.shape
+        self.register_buffer("q_layout", torch.tensor([q.bits, q.group_size or 0, q.symmetric,
+                                                       q.group_index], dtype=torch.int32))
+        self.register_buffer("q_codes", torch.zeros(m, packed_width(n, q.bits), dtype=torch.uint8))
+        self.register_buffer("q_scales", torch.zeros(m, q.n_groups, dtype=store_dtype))
+        if not q.symmetric:
+            self.register_buffer("q_zeros", torch.zeros(m, q.n_groups, dtype=store_dtype))
+        if q.group_index:
+            width = (q.n_groups - 1).bit_length()
+            self.register_buffer("q_index", torch.zeros(1, packed_width(n, width), dtype=torch.uint8))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -73,16 +91,19 @@ class SLaBLinear(nn.Module):
         nm = (pat.n, pat.m) if pat.kind == "nm" and pat.m <= nm_codes.MAX_M else None
         mod = cls(n, m, nnz=sp.nnz, rank=res.rank, has_signs=res.signs_packed is not None,
                   has_levels=res.levels is not None, has_offset=res.row_offset is not None,
-                  bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype, nm=nm)
+                  bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype, nm=nm,
+                  quant=None if res.quant is None else res.quant.layout)
         crow = torch.as_tensor(sp.indptr).to(torch.int64)
         col = torch.as_tensor(sp.indices).to(torch.int64)
         rows = torch.repeat_interleave(torch.arange(m), crow[1:] - crow[:-1])
         dense_mask = torch.zeros(m, n, dtype=torch.bool)
         dense_mask[rows, col] = True
-        if nm is None:
+        if sp.nnz and nm is None:
             mod.mask.copy_(pack_signs(dense_mask))
-        else:
+        elif sp.nnz:
             mod.nm_codes.copy_(nm_codes.encode(dense_mask, *nm))
+        if res.quant is not None:
+            mod._store_quant(res.quant, store_dtype)
         mod.rebuild_index()
         mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
         if res.rank:
@@ -98,6 +119,37 @@ class SLaBLinear(nn.Module):
             mod.bias.copy_(bias.detach().to(store_dtype))
         return mod
 
+    def _store_quant(self, q: QuantizedMatrix, store_dtype: torch.dtype) -> None:
+        self.q_codes.copy_(pack_uint(torch.as_tensor(q.codes).cpu(), q.bits))
+        self.q_scales.copy_(torch.as_tensor(q.scales).to(store_dtype))
+        if q.zeros is not None:
+            self.q_zeros.copy_(torch.as_tensor(q.zeros).to(store_dtype))
+        if q.group_index is not None:
+            width = (q.layout.n_groups - 1).bit_length()
+            self.q_index.copy_(pack_uint(torch.as_tensor(q.group_index).cpu().reshape(1, -1), width))
+
+    def quant_matrix(self, dtype=None) -> QuantizedMatrix | None:
+        """The stored quantised part as a :class:`slabopt.QuantizedMatrix` (scales in ``dtype``)."""
+        if not hasattr(self, "q_codes"):
+            return None
+        dtype = dtype or self.compute_dtype
+        bits, group, _sym, has_index = (int(v) for v in self.q_layout.tolist())
+        n = self.in_features
+        groups = self.q_scales.shape[1]
+        index = None if not has_index else unpack_uint(self.q_index, n, (groups - 1).bit_length())[0]
+        zeros = getattr(self, "q_zeros", None)
+        return QuantizedMatrix(codes=unpack_uint(self.q_codes, n, bits).to(torch.uint8),
+                               scales=self.q_scales.to(dtype),
+                               zeros=None if zeros is None else zeros.to(dtype),
+                               bits=bits, group_size=group or None, group_index=index)
+
+    @staticmethod
+    def _layout_of(state: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantLayout | None:
+        if "q_layout" not in state:
+            return None
+        bits, group, sym, has_index = (int(v) for v in state["q_layout"].tolist())
+        return QuantLayout(shape, bits, group or None, bool(sym), bool(has_index))
+
     @classmethod
     def empty_like_state(cls, state: dict[str, torch.Tensor], shape: tuple[int, int],
                          compute_dtype: torch.dtype = torch.float32) -> SLaBLinear:
@@ -108,6 +160,7 @@ class SLaBLinear(nn.Module):
                   has_signs="signs" in state, has_levels="levels" in state,
                   has_offset="row_offset" in state, bias="bias" in state,
                   nm=tuple(state["nm"].tolist()) if "nm" in state else None,
+                  quant=cls._layout_of(state, (m, n)),
                   store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
         mod.load_state_dict(state, strict=True)
         mod.rebuild_index()
@@ -118,7 +171,9 @@ class SLaBLinear(nn.Module):
         m, n = self.out_features, self.in_features
         if hasattr(self, "nm_codes"):
             return nm_codes.decode(self.nm_codes, m, n, *self.nm.tolist())
-        return unpack_signs(self.mask, n, torch.int8) > 0
+        if hasattr(self, "mask"):
+            return unpack_signs(self.mask, n, torch.int8) > 0
+        return torch.zeros(m, n, dtype=torch.bool, device=self.values.device)
 
     def rebuild_index(self) -> None:
         """CSR ``crow``/``col`` from the stored pattern (row-major, ascending columns)."""
@@ -160,7 +215,7 @@ class SLaBLinear(nn.Module):
 
         return dense_weight(self.sparse_csr(dtype).to_dense(), U=cast(self.U), V=cast(self.V),
                             B=self.sign_matrix(dtype), levels=cast(self.levels),
-                            row_offset=cast(self.row_offset))
+                            row_offset=cast(self.row_offset), quant=self.quant_matrix(dtype))
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +226,7 @@ class SLaBLinear(nn.Module):
             if self._W is None or self._W.dtype != dt:
                 self._W = self.reconstruct(dt)
             y = xf @ self._W.T
-        elif self.rank > FACTORED_MAX_RANK or self.levels is not None:
+        elif self.rank > FACTORED_MAX_RANK or self.levels is not None or hasattr(self, "q_codes"):
             y = xf @ self.reconstruct(dt).T
         else:
             y = (self.sparse_csr(dt) @ xf.T).T if self.nnz else xf.new_zeros(xf.shape[0],

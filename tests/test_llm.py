@@ -91,6 +91,12 @@ def _rounding_bound(res, eps: float) -> torch.Tensor:
         B += res.levels.abs().max(0).values[:, None]
     if res.row_offset is not None:
         B += res.row_offset.abs()[:, None]
+    if res.quant is not None:  # scales and zero points rounded: |Δ(s·(q − z))| ≤ eps·|s|·(|q| + 2|z|)
+        q = res.quant
+        groups = q.column_groups()
+        s = q.scales.abs()[:, groups]
+        z = 2.0 ** (q.bits - 1) if q.zeros is None else q.zeros.abs()[:, groups]
+        B += s * (q.codes.float() + 2 * z)
     return 2 * eps * B + 1e-6
 
 
@@ -104,8 +110,10 @@ def test_saved_layer_is_the_solved_layer_and_counted_bits_are_stored(tmp_path, m
     g = torch.Generator().manual_seed(0)
     W = torch.randn(24, 40, generator=g)
     X = torch.randn(64, 40, generator=g)
-    opts = {} if get_method(method).fixed_budget else {"project": True}
-    res = slabopt.solve(W, X, ratio=0.5, rank=2, method=method, value_bits=value_bits, max_iter=3, **opts)
+    info = get_method(method)
+    opts = {} if info.fixed_budget else {"project": True}
+    ratio = None if info.quant_layout is not None else 0.5  # a quantiser's bits are fixed by its options
+    res = slabopt.solve(W, X, ratio=ratio, rank=2, method=method, value_bits=value_bits, max_iter=3, **opts)
     store = {16: torch.float16, 32: torch.float32}[value_bits]
     save_file(SLaBLinear.from_result(res, store_dtype=store).state_dict(), str(tmp_path / "l.safetensors"))
     state = load_file(str(tmp_path / "l.safetensors"))
@@ -115,8 +123,14 @@ def test_saved_layer_is_the_solved_layer_and_counted_bits_are_stored(tmp_path, m
     assert bool((diff <= _rounding_bound(res, eps)).all()), float(diff.max())
     m, n = res.shape
     stored = sum(8 * t.numel() * t.element_size() for k, t in state.items()
-                 if k not in ("mask", "nm", "nm_codes"))
+                 if k not in ("mask", "nm", "nm_codes", "q_layout"))
     padding = m * (8 * -(-n // 8) - n) if "signs" in state else 0
+    if res.quant is not None:  # codes padded to whole bytes per row, the group index to a byte
+        q = res.quant.layout
+        padding += m * (8 * -(-n * q.bits // 8) - n * q.bits)
+        if q.group_index:
+            w = (q.n_groups - 1).bit_length()
+            padding += 8 * -(-n * w // 8) - n * w
     assert stored - padding == res.bits  # the sparsity bitmask is what ι = 0 leaves uncounted
 
 
@@ -487,7 +501,7 @@ def test_cli_compare_at_an_nm_pattern(tiny_checkpoint, tmp_path, capsys):
                               "wanda", "slab", "--calib-tokens", "32", "--seqlen", "16", "--tokens", "32",
                               "--max-iter", "2", "--work-dir", str(tmp_path / "w"), "--no-progress"], capsys)
     assert code == 0, err
-    assert "| wanda | - (N:M) |" in so and "| slab | - (N:M) |" in so and "pattern 2:4" in so
+    assert "| wanda | - (fixed) |" in so and "| slab | - (fixed) |" in so and "pattern 2:4" in so
     assert (tmp_path / "w" / "slab-2of4-rank1" / "manifest.json").is_file()
 
 
@@ -515,3 +529,45 @@ def test_cli_eval_and_compare_report_zero_shot(tmp_path, capsys):
     assert "zero-shot avg (acc)" in so and "first 4 documents" in so
     rows = json.loads((tmp_path / "w" / "results.json").read_text())["rows"]
     assert all(0 <= r["zero_shot_average"] <= 1 for r in rows) and len(rows) == 2
+
+
+@pytest.mark.parametrize("opts", [dict(bits=3, group_size=16, act_order=True),
+                                  dict(bits=8, group_size=None, symmetric=True),
+                                  dict(bits=2, group_size=8, symmetric=False)])
+def test_quantised_layers_round_trip_through_the_saved_format(tmp_path, opts):
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(3)
+    W, X = torch.randn(24, 40, generator=g), torch.randn(64, 40, generator=g)
+    res = slabopt.solve(W, X, ratio=None, method="gptq", **opts)
+    save_file(SLaBLinear.from_result(res, store_dtype=torch.float32).state_dict(), str(tmp_path / "q"))
+    state = load_file(str(tmp_path / "q"))
+    assert "mask" not in state and ("q_index" in state) == (res.quant.group_index is not None)
+    layer = SLaBLinear.empty_like_state(state, res.shape)
+    q = layer.quant_matrix(torch.float32)
+    assert torch.equal(q.codes, res.quant.codes) and q.bits == opts["bits"]
+    torch.testing.assert_close(layer.reconstruct(), res.reconstruct(), rtol=0, atol=0)
+    x = torch.randn(3, 40, generator=g)
+    torch.testing.assert_close(layer(x), x @ res.reconstruct().T, rtol=1e-6, atol=1e-6)
+
+
+def test_cli_compress_and_compare_quantisers(tiny_checkpoint, tmp_path, capsys):
+    base = ["--model", str(tiny_checkpoint), "--calib-tokens", "32", "--seqlen", "16"]
+    out = tmp_path / "g"
+    code, so, err = _run_cli(["compress", *base, "--method", "gptq", "--option", "bits=4", "--option",
+                              "group_size=16", "--out", str(out)], capsys)
+    assert code == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["ratio"] is None  # 4-bit codes + 2 fp16 values per 16: 6 of 16 bits
+    assert all(e["ratio"] == pytest.approx(1 - 6 / 16) for e in man["layers"])
+    loaded, _ = load_compressed(out)
+    mod = block_linears(decoder_layers(loaded)[0])["mlp.up_proj"]
+    assert mod.quant_matrix().bits == 4 and not hasattr(mod, "mask")
+    code, so, err = _run_cli(["compress", *base, "--method", "rtn", "--option", "bits=8", "--option",
+                              "group_size=none", "--ratio", "0.5", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "ratio 0.5" in err  # 8 bits + scales is a little more than half of 16 bits
+    code, so, err = _run_cli(["compare", *base, "--tokens", "32", "--ratios", "0.5", "0.6", "--methods",
+                              "wanda", "rtn", "--option", "bits=4", "--work-dir", str(tmp_path / "w"),
+                              "--no-progress"], capsys)
+    assert code == 0, err
+    assert so.count("| rtn | - (fixed) |") == 1 and so.count("| wanda |") == 2
