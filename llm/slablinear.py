@@ -6,8 +6,8 @@ Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on 
   ``mask`` (m×⌈n/8⌉ uint8, 1 bit per entry), or for an N:M pattern as one combination code per
   group (``nm_codes``, ⌈log₂ C(M, N)⌉ bits per M entries, with ``nm`` = [N, M]; see
   :mod:`.nm_codes`) -- either cheaper on disk than 16-bit column indices whenever
-  more than 1/16 of the entries are kept); the CSR index arrays are rebuilt on load
-  (non-persistent buffers ``crow``/``col``),
+  more than 1/16 of the entries are kept); CSR index arrays (int64) are built only when the
+  factored forward first needs them (``_csr``, not saved),
 - ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
 - ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
 - optional two-level codes ``levels`` (2×m: low, high), a per-row offset ``row_offset`` (m) and
@@ -53,8 +53,7 @@ class SLaBLinear(nn.Module):
         elif nnz:
             self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
             self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8))
-        self.register_buffer("crow", torch.zeros(m + 1, dtype=torch.int64), persistent=False)
-        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int64), persistent=False)
+        self._csr: tuple[torch.Tensor, torch.Tensor] | None = None  # (crow, col), built on demand
         self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
         self.register_buffer("U", torch.zeros(m, rank, dtype=store_dtype) if rank else None)
         self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
@@ -176,14 +175,29 @@ class SLaBLinear(nn.Module):
         return torch.zeros(m, n, dtype=torch.bool, device=self.values.device)
 
     def rebuild_index(self) -> None:
-        """CSR ``crow``/``col`` from the stored pattern (row-major, ascending columns)."""
-        dense_mask = self.positions()
-        _rows, cols = torch.nonzero(dense_mask, as_tuple=True)
-        if cols.numel() != self.values.numel():
-            raise ValueError(f"mask holds {cols.numel()} entries but {self.values.numel()} values are stored")
-        counts = dense_mask.sum(1)
-        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64)
-        self.col = cols.to(torch.int64)
+        """Check that the stored pattern holds as many positions as there are values; forget any
+        CSR index built from an older pattern."""
+        kept = int(self.positions().sum())
+        if kept != self.values.numel():
+            raise ValueError(f"mask holds {kept} entries but {self.values.numel()} values are stored")
+        self._csr = None
+
+    def csr_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(crow, col) of S in CSR form (row-major, ascending columns), built once on demand."""
+        if self._csr is None or self._csr[0].device != self.values.device:  # none yet, or moved
+            mask = self.positions()
+            counts = mask.sum(1)
+            crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64)
+            self._csr = (crow, torch.nonzero(mask, as_tuple=True)[1].to(torch.int64))
+        return self._csr
+
+    def sparse_dense(self, dtype=None) -> torch.Tensor:
+        """S as a dense m×n matrix (kept values in row-major order at the stored positions)."""
+        S = torch.zeros(self.out_features, self.in_features, dtype=dtype or self.compute_dtype,
+                        device=self.values.device)
+        if self.nnz:
+            S[self.positions()] = self.values.to(S.dtype)
+        return S
 
     # ------------------------------------------------------------------ parts
     @property
@@ -198,7 +212,8 @@ class SLaBLinear(nn.Module):
         dtype = dtype or self.compute_dtype
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
-            return torch.sparse_csr_tensor(self.crow, self.col, self.values.to(dtype),
+            crow, col = self.csr_index()
+            return torch.sparse_csr_tensor(crow, col, self.values.to(dtype),
                                            (self.out_features, self.in_features))
 
     def sign_matrix(self, dtype=None) -> torch.Tensor | None:
@@ -213,7 +228,7 @@ class SLaBLinear(nn.Module):
         def cast(t):
             return None if t is None else t.to(dtype)
 
-        return dense_weight(self.sparse_csr(dtype).to_dense(), U=cast(self.U), V=cast(self.V),
+        return dense_weight(self.sparse_dense(dtype), U=cast(self.U), V=cast(self.V),
                             B=self.sign_matrix(dtype), levels=cast(self.levels),
                             row_offset=cast(self.row_offset), quant=self.quant_matrix(dtype))
 
