@@ -21,6 +21,15 @@ SmolLM2 checkpoint once, for its tokenizer files)::
 
     .venv/bin/python benchmarks/memory_7b.py --layers 2 4
 
+``--trace L`` repeats one run with phase markers (a few pipeline functions wrapped in the child
+process; no file changed), ``--probe`` measures one 11008×4096 layer's steps, and
+``--malloc-threshold BYTES`` runs compress with glibc's MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_.
+The numbers in docs/benchmarks.md come from::
+
+    .venv/bin/python benchmarks/memory_7b.py --layers 2 4 8 --trace 4 --probe
+    .venv/bin/python benchmarks/memory_7b.py --layers 4 8 --malloc-threshold 1048576 \
+        --json benchmarks/results/memory_7b_malloc.json --png /tmp/memory_7b_malloc.png
+
 Writes ``benchmarks/results/memory_7b.json`` and ``docs/memory_7b.png`` and prints a Markdown
 table. Model folders and outputs go to ``--workdir`` (default ``/tmp/slabopt_memory_7b``) and are
 deleted afterwards unless ``--keep``.
