@@ -27,6 +27,7 @@ import slabopt
 from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
+from .allocator import limit_heap_retention, release_freed_memory
 from .arch import (
     DEFAULT_IGNORE,
     block_linears,
@@ -243,6 +244,8 @@ def _compress_block(block, b, prefix, inputs, calls, cfg: CompressConfig, need_g
         new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
         set_module(block, name, new)
         entries.append(_log_entry(b, name, res, owner[name]))
+        del res
+        release_freed_memory()  # the solve's buffers go back to the system, not to the heap
     return entries
 
 
@@ -418,6 +421,7 @@ def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, lo
         _commit_block(ck, b, block, inputs, entries, time.perf_counter() - t0)
         if not keep_in_memory:
             block.to("meta")  # on disk now: its memory goes back
+        release_freed_memory()
         for e in entries:
             ck.log(_log_line(e))
             if log:
@@ -443,6 +447,7 @@ def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig
 
     config.check()
     check_output(Path(out_dir), resume=resume, overwrite=overwrite)  # before the slow model load
+    limit_heap_retention()  # freed buffers above 1 MiB go back to the system (see .allocator)
     if calib_file is not None:
         data.read_text_file(calib_file)  # a bad file fails before the slow model load
     net, tok, path = data.load_model(model, dtype)
