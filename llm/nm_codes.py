@@ -14,14 +14,14 @@ from itertools import combinations
 
 import torch
 
+from slabopt.patterns import nm_code_bits
+
 from .bitpack import binary_digits, pack_uint, packed_width, unpack_uint
 
 MAX_M = 16  # lookup tables of 2^M entries
 
 
-def code_bits(n: int, m: int) -> int:
-    """Bits per group: ⌈log₂ C(m, n)⌉."""
-    return max(1, math.ceil(math.log2(math.comb(m, n))))
+code_bits = nm_code_bits  # bits per group: ⌈log₂ C(m, n)⌉ (the library's count of the same codes)
 
 
 def packed_bytes(rows: int, cols: int, n: int, m: int) -> int:

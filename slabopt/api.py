@@ -38,6 +38,7 @@ def solve(
     pattern: str = "row",
     value_bits: int = 16,
     index_bits: int = 0,
+    positions: str = "index",
     max_iter: int | None = None,
     tol: float = 1e-6,
     seed: int = 0,
@@ -63,6 +64,9 @@ def solve(
     method : a registered solver name, see :func:`slabopt.methods`
     pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
     value_bits, index_bits : b and ι of the bit budget (docs/formulation.md §4)
+    positions : "index" (the positions of S cost ι bits per value; ι = 0 is the paper's convention)
+        or "bitmask" (they cost the m·n-bit mask, or the N:M codes, that the saved format stores, so
+        the ratio is the ratio on disk; docs/formulation.md §4.6)
     max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
         default (``slabopt.registry.get_method(method).default_max_iter``)
     tol : relative objective change that stops early
@@ -98,6 +102,7 @@ def solve(
         index_bits=index_bits,
         components=info.components,
         quant=layout,
+        positions=positions,
     )
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
@@ -132,6 +137,7 @@ def solve(
             pattern=str(bud.pattern),
             value_bits=value_bits,
             index_bits=index_bits,
+            positions=positions,
             max_iter=max_iter,
             tol=tol,
             seed=seed,
@@ -180,7 +186,7 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
     if layout != bud.quant:
         raise RuntimeError(f"method {name!r} stored a quantised part {layout} but declared {bud.quant}")
     bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None,
-                        row_values, quant=layout)
+                        row_values, quant=layout, position_bits=bud.position_bits(sparse.nnz))
     scale2 = problem.d_scale**2
     E = W - W_hat
     gram = problem.gram

@@ -2,6 +2,7 @@
 
     bits(Ŵ) = (b + ι)·nnz(S) + b·r·(m + n) + m·n        (last term only when B is stored)
               + bits·m·n + b·(#scales + #zeros)            (a quantised part, §2.3)
+              + m·n or m·(n/M)·⌈log₂ C(M, N)⌉             (positions="bitmask", §4.6)
     ratio   = 1 − bits(Ŵ) / (b·m·n)
 
 All arithmetic is on integers and exact fractions, so "the largest k with ratio(k) >= ratio" is
@@ -14,10 +15,11 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ._validation import check_int, check_ratio
-from .patterns import Pattern, parse_pattern
+from ._validation import check_choice, check_int, check_ratio
+from .patterns import Pattern, bitmask_bits, parse_pattern
 from .quantized import QuantLayout
 
+POSITIONS = ("index", "bitmask")
 COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset", "quant"})
 SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
 # "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B),
@@ -46,6 +48,8 @@ class Budget:
     binary : whether the m×n sign matrix B is stored (1 bit per entry)
     value_bits, index_bits : b and ι
     requested_ratio : the ratio asked for (``None`` when the budget was given as nnz)
+    positions : "index" (ι bits per stored value) or "bitmask" (the positions of S cost what the
+        saved format stores: m·n bits, or the N:M codes), docs/formulation.md §4.6
     """
 
     shape: tuple[int, int]
@@ -59,14 +63,21 @@ class Budget:
     requested_ratio: float | None
     row_values: int = 0  # b-bit values stored per row (2 for a two-level code)
     quant: QuantLayout | None = None  # the quantised part, when the method stores one
+    positions: str = "index"
+
+    def position_bits(self, nnz: int | None = None) -> int:
+        """Bits of the positions of S beyond ι per value: the bitmask (or N:M codes) when
+        ``positions="bitmask"`` and S holds entries (``nnz``, default the budget's), else 0."""
+        nnz = self.nnz if nnz is None else nnz
+        return bitmask_bits(self.shape, self.pattern) if self.positions == "bitmask" and nnz else 0
 
     @property
     def bits(self) -> int:
         """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n (+ b·row_values·m for two-level codes)
-        (+ the quantised part's bits)."""
+        (+ the quantised part's bits) (+ the bitmask with ``positions="bitmask"``)."""
         return storage_bits(
             self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values,
-            quant=self.quant,
+            quant=self.quant, position_bits=self.position_bits(),
         )
 
     @property
@@ -97,15 +108,19 @@ def storage_bits(
     row_values: int = 0,
     *,
     quant: QuantLayout | None = None,
+    position_bits: int = 0,
 ) -> int:
-    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m) (+ quant), exactly.
+    """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m) (+ quant)
+    (+ position_bits), exactly.
 
     ``row_values`` counts b-bit values stored per row (2 for the two-level code of docs/formulation.md §2.1).
     ``quant`` is the layout of a quantised part: bits·m·n + b·(#scales + #zeros) (+ its group index).
+    ``position_bits`` is a fixed count for the positions of S (:meth:`Budget.position_bits`).
     """
     m, n = shape
     return (
-        (value_bits + index_bits) * nnz
+        position_bits
+        + (value_bits + index_bits) * nnz
         + value_bits * rank * (m + n)
         + (m * n if binary else 0)
         + value_bits * row_values * m
@@ -187,6 +202,7 @@ def budget(
     index_bits: int = 0,
     components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
     quant: QuantLayout | None = None,
+    positions: str = "index",
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
@@ -207,6 +223,11 @@ def budget(
         "quant" is among ``components``. Its bits are fixed by the layout, so a method storing only
         a quantised part takes ``ratio=None`` (the achieved ratio is reported); a given ratio is
         checked, never exceeded (docs/formulation.md §4.4).
+    positions : "index" (default: the positions of S cost ι = ``index_bits`` per value, 0 by the
+        paper's convention) or "bitmask" (they cost what the saved format stores: a bitmask of m·n
+        bits, or ⌈log₂ C(M, N)⌉ bits per group for N:M; ``index_bits`` must then be 0). With
+        "bitmask" the mask is charged before the values, so the ratio is the ratio on disk
+        (docs/formulation.md §4.6).
 
     Raises
     ------
@@ -217,6 +238,10 @@ def budget(
     n = check_int("shape[1]", shape[1], 1)
     value_bits = check_int("value_bits", value_bits, 1)
     index_bits = check_int("index_bits", index_bits, 0)
+    positions = check_choice("positions", positions, POSITIONS)
+    if positions == "bitmask" and index_bits:
+        raise ValueError(f'positions="bitmask" counts the positions of S itself; index_bits must be 0, '
+                         f"got {index_bits}")
     components = frozenset(components)
     unknown = components - COMPONENTS
     if unknown or not components:
@@ -240,10 +265,14 @@ def budget(
     elif pat.kind != "nm" and "sparse" in components:
         raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
 
-    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values, quant=quant)
+    mask = bitmask_bits((m, n), pat) if positions == "bitmask" and "sparse" in components else 0
+    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values, quant=quant,
+                         position_bits=mask)
     dense = value_bits * m * n
     if ratio is not None:
         spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
+        if mask and pat.kind != "nm" and -mask <= spare < 0:
+            spare = Fraction(0)  # room for no bitmask: S stays empty and stores none
         if spare < 0 and quant is not None:
             raise InfeasibleBudgetError(_quant_message(quant, ratio, value_bits, fixed, dense))
         if spare < 0:
@@ -275,4 +304,5 @@ def budget(
         requested_ratio=None if ratio is None else float(ratio),
         row_values=row_values,
         quant=quant,
+        positions=positions,
     )

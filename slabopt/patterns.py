@@ -8,6 +8,7 @@ or N of every M consecutive entries of a row).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,20 @@ class Pattern:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
+
+
+def nm_code_bits(n: int, m: int) -> int:
+    """Bits of one N:M group stored as its combination code: ⌈log₂ C(M, N)⌉ (at least 1)."""
+    return max(1, math.ceil(math.log2(math.comb(m, n))))
+
+
+def bitmask_bits(shape: tuple[int, int], pattern: Pattern) -> int:
+    """Bits of the positions of S as the saved format stores them: a bitmask of m·n bits for the
+    "row" and "global" patterns, one combination code per group, m·(n/M)·⌈log₂ C(M, N)⌉ bits, for N:M."""
+    m, n = shape
+    if pattern.kind == "nm":
+        return m * (n // pattern.m) * nm_code_bits(pattern.n, pattern.m)
+    return m * n
 
 
 def parse_pattern(pattern: str | Pattern) -> Pattern:

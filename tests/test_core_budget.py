@@ -136,3 +136,63 @@ def test_budget_bad_arguments(kwargs, error, match):
     args = {"ratio": 0.5, "rank": 1, **kwargs}
     with pytest.raises(error, match=match):
         slabopt.budget((10, 20), **args)
+
+
+# ---------------------------------------------------------------- positions="bitmask" (§4.6)
+@given(
+    m=st.integers(1, 200),
+    n=st.integers(1, 200),
+    ratio=st.floats(0.01, 0.99),
+    rank_frac=st.floats(0, 1),
+    pattern=st.sampled_from(["row", "global"]),
+)
+def test_bitmask_budget_is_largest_feasible_with_the_mask_counted(m, n, ratio, rank_frac, pattern):
+    rank = int(rank_frac * min(m, n))
+    try:
+        bud = budget((m, n), ratio, rank, pattern=pattern, positions="bitmask")
+    except InfeasibleBudgetError:
+        assert ratio_of(storage_bits((m, n), 0, rank, 16, 0, rank > 0), 16, m, n) < Fraction(ratio)
+        return
+    mask = m * n if bud.nnz else 0
+    assert bud.bits == storage_bits((m, n), bud.nnz, rank, 16, 0, rank > 0) + mask
+    assert ratio_of(bud.bits, 16, m, n) >= Fraction(ratio)
+    step = m if pattern == "row" else 1
+    if bud.nnz + step <= m * n:  # one step more (the mask always counted then) would be over
+        more = storage_bits((m, n), bud.nnz + step, rank, 16, 0, rank > 0) + m * n
+        assert ratio_of(more, 16, m, n) < Fraction(ratio)
+
+
+def test_bitmask_costs_one_bit_per_entry_and_nm_codes_their_width():
+    free = budget((64, 128), 0.5, 4, pattern="row")
+    counted = budget((64, 128), 0.5, 4, pattern="row", positions="bitmask")
+    assert free.nnz - counted.nnz == 64 * 128 // 16  # 1 bit per entry = 1/16 of a 16-bit value
+    assert counted.bits <= free.bits
+    nm = budget((64, 128), None, 4, pattern="2:4", positions="bitmask")
+    assert nm.bits - budget((64, 128), None, 4, pattern="2:4").bits == 64 * 32 * 3  # C(4,2)=6: 3 bits
+
+
+def test_bitmask_with_no_room_for_a_mask_stores_no_sparse_part():
+    # rank 4 with B leaves 0.5 bit per entry: less than the bitmask, so S is empty and no mask is paid
+    fixed = 16 * 4 * (64 + 64) + 64 * 64  # U, V and B
+    ratio = 1 - (fixed + 64 * 64 // 2) / (16 * 64 * 64)
+    bud = budget((64, 64), ratio, 4, positions="bitmask")
+    assert bud.nnz == 0 and bud.position_bits() == 0 and bud.bits == fixed
+    assert budget((64, 64), ratio, 4).nnz == 64 * 64 // 2 // 16 // 64 * 64  # free positions: some fit
+
+
+def test_bitmask_solve_stores_the_counted_bits_and_ratio_is_on_disk():
+    from slabopt.llm.slablinear import SLaBLinear
+    torch = pytest.importorskip("torch")
+    W = torch.randn(48, 80, generator=torch.Generator().manual_seed(0))
+    res = slabopt.solve(W, ratio=0.6, rank=2, positions="bitmask", max_iter=3)
+    layer = SLaBLinear.from_result(res)
+    stored_bits = 8 * layer.storage_bytes()  # mask, values, U, V, signs: all counted now
+    assert stored_bits == res.bits  # 80 is a multiple of 8: no byte padding
+    assert res.ratio >= 0.6
+
+
+def test_bitmask_rejects_index_bits():
+    with pytest.raises(ValueError, match="index_bits must be 0"):
+        budget((8, 8), 0.5, 1, positions="bitmask", index_bits=8)
+    with pytest.raises(ValueError, match="positions"):
+        budget((8, 8), 0.5, 1, positions="csr")

@@ -107,13 +107,14 @@ def rpca(
     Sp, maskp = sparse_from_scores(problem, S_full, E * E)
     f_proj = diagonal_objective(problem.W - dense_weight(Sp, U=Up, V=Vp), problem.d)
     f_full = diagonal_objective(problem.W - dense_weight(S_full, U=U_full, V=V_full), problem.d)
+    kept = int(bk.to_float(xp.sum(xp.astype(maskp, xp.int64))))
     info = {
         "reached_rank": rank, "reached_nnz": reached["nnz"],
-        "reached_bits": storage_bits((m, n), reached["nnz"], rank, bud.value_bits,
-                                     bud.index_bits, False),
+        "reached_bits": storage_bits((m, n), reached["nnz"], rank, bud.value_bits, bud.index_bits, False,
+                                     position_bits=bud.position_bits(reached["nnz"])),
         "projected_objective": f_proj * problem.d_scale**2,
-        "projected_bits": storage_bits((m, n), int(bk.to_float(xp.sum(xp.astype(
-            maskp, xp.int64)))), r, bud.value_bits, bud.index_bits, False),
+        "projected_bits": storage_bits((m, n), kept, r, bud.value_bits, bud.index_bits, False,
+                                       position_bits=bud.position_bits(kept)),
         "alm_iterations": n_iter, "alm_errors": errors,
     }
     if project:

@@ -1,0 +1,158 @@
+"""Perplexity against real bits per weight on disk, for quantisers and pruners alike (issue 13).
+
+Every point is one ``slabopt compress`` of the shipped SmolLM2-135M followed by ``slabopt eval``
+of the saved folder, each in a fresh process, one thread. The x-axis is what the folder's linear
+layers take on disk, in bits per weight: 16 · (1 − ``linear_disk_ratio`` of the manifest), so the
+bitmask of a sparse part, the signs, the factors, scales and zero points all count.
+
+How a method reaches a target of b bits per weight:
+
+- ``rtn`` / ``gptq``: ``bits`` = b per output channel (scale, and zero point for gptq, in 16 bits
+  per row: ≈ b + 32/n), or ``bits`` with groups (``bits`` + 32/G with a zero point);
+- pruning and S + L⊙B methods: the budget counts values, factors and signs but not the positions of
+  S (ι = 0), which cost a bitmask of 1 bit per weight on disk; so the ratio asked for is
+  1 − (b − 1)/16, and the achieved bits on disk are reported, not assumed.
+
+Run (from the repository root; results go to ``benchmarks/results/bits_sweep.json``, skipping
+points already there)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bits_sweep.py run [--only METHOD ...]
+    .venv/bin/python benchmarks/bits_sweep.py report      # Markdown table + docs/bits_sweep.png
+
+Settings: calibration 4 × 1024 tokens of the shipped training split (seed 0), perplexity on the
+first 4 × 1024 tokens of the test split, rank 1, 20 iterations, values in 16 bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_JSON = REPO / "benchmarks" / "results" / "bits_sweep.json"
+OUT_PNG = REPO / "docs" / "bits_sweep.png"
+COMMON = ["--calib-tokens", "4096", "--seqlen", "1024", "--seed", "0", "--rank", "1", "--threads", "1"]
+EVAL = ["--tokens", "4096", "--seqlen", "1024", "--threads", "1", "--json"]
+TARGET_BITS = (8, 6, 5, 4, 3, 2.5, 2)
+PRUNERS = ("wanda", "sparsegpt", "slab", "admm")
+
+
+def quant_points() -> list[dict]:
+    """rtn and gptq per output channel at 8…2 bits, and with groups of 128 / 64 where the field uses them."""
+    pts = []
+    for method in ("rtn", "gptq"):
+        for bits in (8, 6, 5, 4, 3, 2):
+            pts.append({"method": method, "label": f"{method} int{bits}", "options": {"bits": bits,
+                                                                                 "group_size": None}})
+        for bits, group in ((4, 128), (3, 128), (2, 128), (2, 64)):
+            pts.append({"method": method, "label": f"{method} int{bits} g{group}",
+                        "options": {"bits": bits, "group_size": group}})
+    return pts
+
+
+def prune_points(methods=PRUNERS) -> list[dict]:
+    """Each pruning / S + L⊙B method at the ratio whose budget plus the bitmask is b bits per weight."""
+    return [{"method": m, "label": f"{m} {b} bits", "ratio": round(1 - (b - 1) / 16, 6), "options": {}}
+            for b in TARGET_BITS for m in methods]
+
+
+def key(p: dict) -> str:
+    return p["label"]
+
+
+def run_point(p: dict, work: Path) -> dict:
+    out = work / key(p).replace(" ", "_")
+    cmd = [sys.executable, "-m", "slabopt.llm", "compress", "--method", p["method"], "--out", str(out),
+           *COMMON]
+    if "ratio" in p:
+        cmd += ["--ratio", str(p["ratio"])]
+    for k, v in p["options"].items():
+        cmd += ["--option", f"{k}={'none' if v is None else v}"]
+    if out.exists():
+        cmd += ["--resume"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    compress_s = time.perf_counter() - t0
+    ev = subprocess.run([sys.executable, "-m", "slabopt.llm", "eval", str(out), *EVAL], check=True, cwd=REPO,
+                        capture_output=True, text=True)
+    man = json.loads((out / "manifest.json").read_text())
+    s = man["sizes"]
+    return {**p, "perplexity": json.loads(ev.stdout)["perplexity"],
+            "bits_per_weight": 16 * (1 - s["linear_disk_ratio"]), "disk_bytes": s["linear_bytes_on_disk"],
+            "budget_ratio": s["linear_budget_ratio"], "compress_seconds": man["compress_seconds"],
+            "wall_seconds": compress_s, "command": " ".join(cmd[2:])}
+
+
+def run(args) -> None:
+    done = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"points": []}
+    have = {key(p) for p in done["points"]}
+    if "dense" not in have and not args.only:
+        ev = subprocess.run([sys.executable, "-m", "slabopt.llm", "eval", "dense", *EVAL], check=True,
+                            cwd=REPO, capture_output=True, text=True)
+        done["points"].append({"method": "dense", "label": "dense", "bits_per_weight": 16.0,
+                               "perplexity": json.loads(ev.stdout)["perplexity"]})
+    todo = [p for p in prune_points() + quant_points() if key(p) not in have
+            and (not args.only or p["method"] in args.only)]
+    todo.sort(key=lambda p: args.order.index(p["method"]) if p["method"] in args.order else 99)
+    for p in todo:
+        print(f"{time.strftime('%H:%M:%S')} {key(p)}", flush=True)
+        try:
+            done["points"].append(run_point(p, Path(args.work)))
+        except subprocess.CalledProcessError as exc:
+            print(f"  failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}", flush=True)
+            continue
+        print(f"  perplexity {done['points'][-1]['perplexity']:.3f} at "
+              f"{done['points'][-1]['bits_per_weight']:.3f} bits/weight", flush=True)
+        OUT_JSON.write_text(json.dumps(done, indent=1))
+    OUT_JSON.write_text(json.dumps(done, indent=1))
+
+
+def report(_args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = json.loads(OUT_JSON.read_text())["points"]
+    dense = next(p["perplexity"] for p in pts if p["method"] == "dense")
+    print("| method | setting | bits per weight on disk | perplexity | × dense |")
+    print("|---|---|---|---|---|")
+    for p in sorted(pts, key=lambda p: (p["method"], -p["bits_per_weight"])):
+        print(f"| {p['method']} | {p['label']} | {p['bits_per_weight']:.3f} | {p['perplexity']:.3f} | "
+              f"{p['perplexity'] / dense:.2f} |")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for method in sorted({p["method"] for p in pts} - {"dense"}):
+        mine = sorted((p for p in pts if p["method"] == method), key=lambda p: p["bits_per_weight"])
+        ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine], "o-", label=method,
+                ms=4)
+    ax.axhline(dense, color="k", ls=":", label=f"dense fp16 ({dense:.2f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight on disk (linear layers, all metadata counted)")
+    ax.set_ylabel("perplexity (first 4 × 1024 test tokens)")
+    ax.set_title("SmolLM2-135M: perplexity against real size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT_PNG, dpi=120)
+    print(f"\nplot: {OUT_PNG.relative_to(REPO)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="compress and evaluate the points not yet in the results file")
+    r.add_argument("--only", nargs="*", default=None, help="methods to run (default: all)")
+    r.add_argument("--order", nargs="*", default=["rtn", "wanda", "slab", "gptq", "sparsegpt", "admm"],
+                   help="which methods go first")
+    r.add_argument("--work", default="/tmp/slabopt_bits_sweep", help="folder for the compressed models")
+    sub.add_parser("report", help="print the table and write the plot")
+    args = ap.parse_args()
+    {"run": run, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
