@@ -93,16 +93,23 @@ def _fixed_budget(method: str, pattern: str) -> bool:
 
 
 def cmd_compress(args) -> int:
+    from . import distributed
     from .pipeline import compress_checkpoint
 
     _threads(args.threads)
     out = Path(args.out)
     ratio = args.ratio if args.ratio is not None or _fixed_budget(args.method, args.pattern) else 0.5
     cfg = _config(args, args.method, ratio, dict(args.option or []))
-    man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
-                              dtype=args.dtype, device=args.device, resume=args.resume,
-                              overwrite=args.overwrite, log=print if args.verbose else None,
-                              calib_file=args.calib_file)
+    d = distributed.init(args.device, data_parallel=args.data_parallel, timeout=args.dist_timeout)
+    try:
+        man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
+                                  dtype=args.dtype, device=distributed.compute_device(args.device),
+                                  resume=args.resume, overwrite=args.overwrite,
+                                  log=print if args.verbose else None, calib_file=args.calib_file)
+    finally:
+        distributed.shutdown()
+    if not d.main:
+        return 0
     s = man["sizes"]
     print(f"compressed {args.method} ratio {ratio} pattern {args.pattern} rank {args.rank} -> {out}")
     print(f"  calibration text: {man['settings']['text']}")
@@ -256,6 +263,19 @@ def _budget_args(sp, compare: bool) -> None:
                     help="bits per stored value (S, U, V), the b of the budget (default: %(default)s)")
 
 
+def distributed_timeout() -> int:
+    from .distributed import DEFAULT_TIMEOUT
+
+    return DEFAULT_TIMEOUT
+
+
+class _QuietParser(argparse.ArgumentParser):
+    """The parser of ranks > 0 under torchrun: usage errors exit 2 without printing (rank 0 prints)."""
+
+    def error(self, message):
+        self.exit(2)
+
+
 def _compress_parser(sub) -> None:
     c = sub.add_parser("compress", help="compress every decoder linear layer and save the folder")
     _common(c)
@@ -279,6 +299,13 @@ def _compress_parser(sub) -> None:
     c.add_argument("--overwrite", action="store_true",
                    help="replace an existing folder that slabopt wrote (never anything else)")
     c.add_argument("--verbose", action="store_true", help="print the per-layer log too")
+    c.add_argument("--data-parallel", action="store_true",
+                   help="under torchrun: each process runs only its share of the calibration windows "
+                        "through each block (statistics summed over processes); without it every "
+                        "process runs all windows and only the layers' solves are split")
+    c.add_argument("--dist-timeout", type=POSITIVE, default=distributed_timeout(), metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others at each step before "
+                        "the run fails (default: %(default)s)")
     _layer_selection(c)
     _solver_options(c)
     c.set_defaults(func=cmd_compress)
@@ -348,9 +375,10 @@ def _compare_parser(sub) -> None:
     k.set_defaults(func=cmd_compare)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slabopt", description="Compress the linear layers of decoder "
-                                "language models as S + L ⊙ B with slabopt.")
+def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
+    cls = _QuietParser if quiet else argparse.ArgumentParser
+    p = cls(prog="slabopt", description="Compress the linear layers of decoder "
+            "language models as S + L ⊙ B with slabopt.")
     sub = p.add_subparsers(dest="cmd", required=True)
     _compress_parser(sub)
     _eval_parser(sub)
@@ -360,13 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    from .distributed import PeerFailed, env_rank
+
+    parser = build_parser(quiet=env_rank() > 0)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"slabopt: error: {exc}", file=sys.stderr)
         return 2
+    except PeerFailed:  # the failing rank has shown its error
+        return 1
     except KeyboardInterrupt:
         print("slabopt: interrupted (continue with --resume)", file=sys.stderr)
         return 130

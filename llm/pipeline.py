@@ -27,6 +27,7 @@ import slabopt
 from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
+from . import distributed
 from .allocator import limit_heap_retention, release_freed_memory
 from .arch import (
     DEFAULT_IGNORE,
@@ -56,6 +57,7 @@ from .checkpoint import (
     source_fingerprint,
     verify_files,
 )
+from .distributed import Dist
 from .errors import UserError
 from .slablinear import SLaBLinear
 
@@ -229,24 +231,57 @@ def _log_entry(b: int, name: str, res, owner: str) -> dict:
             "seconds": res.wall_time, "stats_from": owner}
 
 
-def _compress_block(block, b, prefix, inputs, calls, cfg: CompressConfig, need_gram, device, pbar):
-    """Replace the target linear layers of ``block`` (on ``device``) by compressed ones; log them."""
+def _compress_block(block, b, prefix, inputs, calls, cfg: CompressConfig, need_gram, device, pbar,
+                    d: Dist = distributed.SINGLE):
+    """Replace the target linear layers of ``block`` (on ``device``) by compressed ones; log them.
+
+    With several ranks each solves the layers :func:`.distributed.assign_layers` gives it, then
+    every layer is broadcast from its rank, so all ranks end with the same compressed block.
+    """
     dtype = next(block.parameters()).dtype
     lin = block_linears(block, prefix, cfg.targets, cfg.ignore)
     stats, owner = collect_stats(block, inputs, calls, lin, need_gram, device)
-    entries = []
-    for j, (name, mod) in enumerate(lin.items()):
-        if pbar is not None:
-            pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
-        res = _solve_layer(mod, stats[name], b, j, name, cfg, need_gram)
-        new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=STORE_DTYPES[cfg.value_bits],
-                                     compute_dtype=dtype).to(device)
-        new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
+    d.all_reduce_stats(stats, owner)
+    ranks = _layer_ranks(lin, cfg, need_gram, d)
+    entries = {}
+    with d.step():
+        for j, (name, mod) in enumerate(lin.items()):
+            if ranks[j] != d.rank:
+                continue
+            if pbar is not None:
+                pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
+            res = _solve_layer(mod, stats[name], b, j, name, cfg, need_gram)
+            new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=STORE_DTYPES[cfg.value_bits],
+                                         compute_dtype=dtype).to(device)
+            new.set_cache_weight(True)  # dense Ŵ for the block's calibration forward (faster on CPU)
+            set_module(block, name, new)
+            entries[j] = _log_entry(b, name, res, owner[name])
+            del res
+            release_freed_memory()  # the solve's buffers go back to the system, not to the heap
+    if d.active:
+        for j, name in enumerate(lin):
+            entries[j] = _share_layer(block, name, ranks[j], entries.get(j), d, dtype, device)
+    return [entries[j] for j in range(len(lin))]
+
+
+def _layer_ranks(lin: dict, cfg: CompressConfig, need_gram: bool, d: Dist) -> list[int]:
+    """The rank that solves each layer of ``lin`` (all rank 0 in one process)."""
+    if not d.active:
+        return [0] * len(lin)
+    iters = cfg.max_iter or 20
+    costs = [distributed.layer_cost(tuple(m.weight.shape), cfg.rank, iters, need_gram) for m in lin.values()]
+    return distributed.assign_layers(costs, d.world)
+
+
+def _share_layer(block, name: str, src: int, entry: dict | None, d: Dist, dtype, device) -> dict:
+    """Broadcast layer ``name`` from rank ``src``; the others put the received layer in ``block``."""
+    mod = block.get_submodule(name) if d.rank == src else None
+    state, shape, entry = d.share_layer(mod, entry, src, device)
+    if d.rank != src:
+        new = SLaBLinear.empty_like_state(state, shape, compute_dtype=dtype).to(device)
+        new.set_cache_weight(True)
         set_module(block, name, new)
-        entries.append(_log_entry(b, name, res, owner[name]))
-        del res
-        release_freed_memory()  # the solve's buffers go back to the system, not to the heap
-    return entries
+    return entry
 
 
 def _log_line(e: dict) -> str:
@@ -301,20 +336,25 @@ def open_output(out: Path, settings: dict, source: dict, model, *, resume: bool,
     return Checkpoint(out, man)
 
 
-def _restore(model, ck: Checkpoint, inputs: list, keep_in_memory: bool) -> list:
-    """Load the blocks an earlier run finished (or drop them); return the inputs of the next block."""
-    nxt = int(ck.manifest["next_block"])
+def _restore(model, folder: Path, nxt: int, inputs: list, keep_in_memory: bool,
+             d: Dist = distributed.SINGLE) -> list:
+    """Load the blocks an earlier run finished (or drop them); return this rank's inputs of the next
+    block (rank 0 reads them and sends each rank its share)."""
     layers = decoder_layers(model)
     dtype = next(model.parameters()).dtype
-    for b in range(nxt):
-        if keep_in_memory:
-            load_block(layers[b], ck.folder, b, dtype)
-        else:
-            layers[b].to("meta")
-    if nxt == 0 or nxt == len(layers):  # nothing left to run: no inputs were saved
-        return inputs
-    state, _ = read_tensors(ck.folder / resume_file(nxt))
-    return [state[f"input_{i}"] for i in range(len(inputs))]
+    with d.step():
+        for b in range(nxt):
+            if keep_in_memory:
+                load_block(layers[b], folder, b, dtype)  # other ranks: needs a shared filesystem
+            else:
+                layers[b].to("meta")
+        if nxt == 0 or nxt == len(layers):  # nothing left to run: no inputs were saved
+            return inputs[d.share(len(inputs))]
+        full = None
+        if d.main:
+            state, _ = read_tensors(folder / resume_file(nxt))
+            full = [state[f"input_{i}"] for i in range(len(inputs))]
+    return d.scatter_inputs(full, len(inputs))
 
 
 def _commit_block(ck: Checkpoint, b: int, block, inputs: list, entries: list, seconds: float) -> None:
@@ -357,7 +397,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
                    source: dict | None = None, text: str | None = None, progress: bool = True,
                    log: Callable[[str], None] | None = print,
                    on_block_done: Callable[[int], None] | None = None,
-                   source_dir: Path | None = None, keep_in_memory: bool = True, **settings) -> dict:
+                   source_dir: Path | None = None, keep_in_memory: bool = True,
+                   dist: Dist | None = None, **settings) -> dict:
     """Compress the decoder linear layers block by block into ``out_dir``; return the manifest.
 
     ``config`` (or its fields as keywords, e.g. ``method="wanda", ratio=0.6``) says what to do;
@@ -368,40 +409,58 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
     whose config and weight files are hashed (without it, the tensors in memory are).
     With ``keep_in_memory`` (default) ``model`` ends as the compressed model; without, each block
     is dropped (moved to the meta device) once it is on disk, so memory does not grow with depth.
+    ``dist`` (default: the one :func:`.distributed.init` set up, else a single process) splits the
+    work over the ranks of a torchrun launch; only rank 0 writes ``out_dir``, logs and shows progress.
     """
-    cfg = replace(config or CompressConfig(), **settings)
-    info = cfg.check()
-    dev = resolve_device(device)
-    out_dir = Path(out_dir)
-    record = cfg.record(windows, text, next(model.parameters()).dtype)
-    targets = _target_names(model, cfg)
-    check_output(out_dir, resume=resume, overwrite=overwrite)  # fail before the costly hashing
-    src = dict(source or {}, files=source_fingerprint(source_dir, None if source_dir else model.state_dict()))
-    ck = open_output(out_dir, record, src, model, resume=resume, overwrite=overwrite)
-    if ck.manifest["complete"]:
+    d = dist or distributed.current()
+    progress, log = progress and d.main, log if d.main else None
+    with d.step():
+        cfg = replace(config or CompressConfig(), **settings)
+        info = cfg.check()
+        dev = resolve_device(device)
+        out_dir = Path(out_dir)
+        record = cfg.record(windows, text, next(model.parameters()).dtype)
+        targets = _target_names(model, cfg)
+        if d.data_parallel and d.active and windows.shape[0] < d.world:
+            raise UserError(f"--data-parallel needs at least one calibration window per process: "
+                            f"{windows.shape[0]} windows for {d.world} processes")
+        ck = _open(out_dir, record, source, source_dir, model, resume, overwrite) if d.main else None
+    state = d.broadcast_object(ck and {k: ck.manifest[k] for k in ("complete", "next_block")})
+    if state["complete"]:
         if log:
             log(f"{out_dir} is already complete; nothing to do")
-        return ck.manifest
+        return d.broadcast_object(ck and ck.manifest)
     layers = decoder_layers(model)
     inputs, calls = capture_calls(model, windows)
-    inputs = _restore(model, ck, inputs, keep_in_memory)
-    start = int(ck.manifest["next_block"])
-    if start == 0 and REST not in ck.files:
-        save_rest(ck, model, source_dir, targets)
-    elif log:
-        log(f"resuming {out_dir} at block {start}/{len(layers)}")
-    _compress_blocks(model, ck, inputs, calls, cfg, info.needs_gram, dev, progress, log, on_block_done,
-                     keep_in_memory)
-    ck.manifest["sizes"] = size_report(out_dir, ck.manifest["layers"])
-    ck.manifest["complete"] = True
-    ck.save()
-    return ck.manifest
+    share = d.share(len(inputs))
+    calls = [c[share] for c in calls]
+    start = int(state["next_block"])
+    inputs = _restore(model, out_dir, start, inputs, keep_in_memory, d)
+    with d.step():
+        if d.main and start == 0 and REST not in ck.files:
+            save_rest(ck, model, source_dir, targets)
+        elif log:
+            log(f"resuming {out_dir} at block {start}/{len(layers)}")
+    _compress_blocks(model, ck, start, inputs, calls, cfg, info.needs_gram, dev, progress, log,
+                     on_block_done, keep_in_memory, d)
+    with d.step():
+        if d.main:
+            ck.manifest["sizes"] = size_report(out_dir, ck.manifest["layers"])
+            ck.manifest["complete"] = True
+            ck.save()
+    return d.broadcast_object(ck and ck.manifest)
 
 
-def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done,
-                     keep_in_memory):
+def _open(out_dir: Path, record: dict, source: dict | None, source_dir: Path | None, model, resume: bool,
+          overwrite: bool) -> Checkpoint:
+    check_output(out_dir, resume=resume, overwrite=overwrite)  # fail before the costly hashing
+    src = dict(source or {}, files=source_fingerprint(source_dir, None if source_dir else model.state_dict()))
+    return open_output(out_dir, record, src, model, resume=resume, overwrite=overwrite)
+
+
+def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done,
+                     keep_in_memory, d: Dist = distributed.SINGLE):
     layers = decoder_layers(model)
-    start = int(ck.manifest["next_block"])
     pbar = None
     if progress:
         from tqdm import tqdm
@@ -412,18 +471,23 @@ def _compress_blocks(model, ck, inputs, calls, cfg, need_gram, dev, progress, lo
         t0 = time.perf_counter()
         block = layers[b].to(dev)
         entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg, need_gram,
-                                  dev, pbar)
+                                  dev, pbar, d)
         inputs = _run_block(block, inputs, calls[b], dev)
         for mod in block.modules():
             if isinstance(mod, SLaBLinear):
                 mod.set_cache_weight(False)  # memory stays near one model
         block.to("cpu")
-        _commit_block(ck, b, block, inputs, entries, time.perf_counter() - t0)
+        full = d.gather_inputs(inputs)  # rank 0: every window's inputs, to save for --resume
+        with d.step():
+            if d.main:
+                _commit_block(ck, b, block, full, entries, time.perf_counter() - t0)
+        del full
         if not keep_in_memory:
             block.to("meta")  # on disk now: its memory goes back
         release_freed_memory()
         for e in entries:
-            ck.log(_log_line(e))
+            if d.main:
+                ck.log(_log_line(e))
             if log:
                 log(_log_line(e))
         if pbar is not None:
@@ -445,19 +509,22 @@ def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig
     into ``out_dir``; return the manifest."""
     from . import data
 
-    config.check()
-    check_output(Path(out_dir), resume=resume, overwrite=overwrite)  # before the slow model load
-    limit_heap_retention()  # freed buffers above 1 MiB go back to the system (see .allocator)
-    if calib_file is not None:
-        data.read_text_file(calib_file)  # a bad file fails before the slow model load
-    net, tok, path = data.load_model(model, dtype)
-    if calib_file is None:
-        calib, text = data.token_splits(tok, path)[0], data.CALIB_TEXT
-    else:
-        calib, text = data.user_tokens(tok, calib_file), data.describe_text_file(calib_file)
-    bos = data.bos_token(tok)
-    windows = data.calibration_windows(calib, calib_tokens, seqlen, config.seed, bos)
-    text += "; each window starts with the BOS token" if bos is not None else ""
+    d = distributed.current()
+    with d.step():  # every rank loads the model and draws the same windows
+        config.check()
+        if d.main:
+            check_output(Path(out_dir), resume=resume, overwrite=overwrite)  # before the slow model load
+        limit_heap_retention()  # freed buffers above 1 MiB go back to the system (see .allocator)
+        if calib_file is not None:
+            data.read_text_file(calib_file)  # a bad file fails before the slow model load
+        net, tok, path = data.load_model(model, dtype)
+        if calib_file is None:
+            calib, text = data.token_splits(tok, path)[0], data.CALIB_TEXT
+        else:
+            calib, text = data.user_tokens(tok, calib_file), data.describe_text_file(calib_file)
+        bos = data.bos_token(tok)
+        windows = data.calibration_windows(calib, calib_tokens, seqlen, config.seed, bos)
+        text += "; each window starts with the BOS token" if bos is not None else ""
     t0 = time.perf_counter()
     man = compress_model(net, windows, out_dir, config, device=device, resume=resume, overwrite=overwrite,
                          source={"model": model or data.DEFAULT_MODEL_NAME, "path": str(path)}, text=text,
