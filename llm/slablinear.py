@@ -14,9 +14,20 @@ Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on 
   ``bias`` (m).
 
 The dense Ŵ is built by :func:`slabopt.dense_weight`, the one definition of Ŵ from its parts,
-and B by :func:`slabopt.unpack_signs`. The forward never forms the dense m×n weight when the rank is
-small: it computes S x (sparse CSR product) + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j, with B unpacked to
-±1 once per call. For larger ranks or two-level codes the dense Ŵ is rebuilt per call.
+and B by :func:`slabopt.unpack_signs`.
+
+Forward, y = Ŵ x + bias = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias, by one of:
+
+- the fused CPU kernel (:mod:`.fused`, default when numba is installed) for up to
+  ``fused.MAX_ROWS`` input rows: computed straight from the packed mask, values and signs, with no
+  m×n temporary and no column index; kept between calls are only the row offsets into ``values``
+  (m + 1 integers) and float32 copies of U, V, c and the bias (r·(m + n) + 2m numbers);
+- otherwise the pure-torch reference: for more rows, large ranks, two-level codes, quantised parts,
+  N:M codes or tensors off the CPU, the dense Ŵ rebuilt for the call (one matmul); for a small batch
+  without numba, the factored product (S as a CSR matrix whose int64 index is built for the call
+  and dropped, B unpacked to ±1 for the call);
+- with ``set_cache_weight(True)`` (calibration during compression, perplexity): the dense Ŵ built
+  once and kept.
 """
 
 from __future__ import annotations
@@ -24,16 +35,19 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
 from slabopt import QuantizedMatrix, dense_weight, pack_signs, unpack_signs
 from slabopt.quantized import QuantLayout
 
-from . import nm_codes
+from . import fused, nm_codes
 from .bitpack import pack_uint, packed_width, unpack_uint
 
 FACTORED_MAX_RANK = 4
+FACTORED_MAX_ROWS = 64  # the torch reference rebuilds the dense Ŵ for more input rows than this
+_CODE_VIEWS = {torch.float16: "uint16", torch.bfloat16: "int16"}  # 16-bit values as the kernel reads them
 
 class SLaBLinear(nn.Module):
     """Drop-in replacement for ``nn.Linear`` holding Ŵ = S + (U Vᵀ) ⊙ B compactly."""
@@ -47,13 +61,14 @@ class SLaBLinear(nn.Module):
         self.in_features, self.out_features = n, m
         self.compute_dtype = compute_dtype
         self.cache_weight = False  # keep the dense Ŵ after the first call (fast evaluation on CPU)
+        self.use_fused = True  # the fused CPU kernel where it applies (see the module docstring)
         self._W: torch.Tensor | None = None
+        self._packed: _Packed | bool | None = None  # the kernels' arrays; False: not supported
         if nm is None and nnz:
             self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
         elif nnz:
             self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
             self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8))
-        self._csr: tuple[torch.Tensor, torch.Tensor] | None = None  # (crow, col), built on demand
         self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
         self.register_buffer("U", torch.zeros(m, rank, dtype=store_dtype) if rank else None)
         self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
@@ -175,21 +190,32 @@ class SLaBLinear(nn.Module):
         return torch.zeros(m, n, dtype=torch.bool, device=self.values.device)
 
     def rebuild_index(self) -> None:
-        """Check that the stored pattern holds as many positions as there are values; forget any
-        CSR index built from an older pattern."""
+        """Check that the stored pattern holds as many positions as there are values; forget what
+        was derived from older buffers (the fused kernel's row offsets, a cached Ŵ)."""
         kept = int(self.positions().sum())
         if kept != self.values.numel():
             raise ValueError(f"mask holds {kept} entries but {self.values.numel()} values are stored")
-        self._csr = None
+        self._drop_derived()
+
+    def _drop_derived(self) -> None:
+        self._packed = None
+        self._W = None
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .half(), ...: derived arrays are stale
+        self._drop_derived()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._drop_derived()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def csr_index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(crow, col) of S in CSR form (row-major, ascending columns), built once on demand."""
-        if self._csr is None or self._csr[0].device != self.values.device:  # none yet, or moved
-            mask = self.positions()
-            counts = mask.sum(1)
-            crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64)
-            self._csr = (crow, torch.nonzero(mask, as_tuple=True)[1].to(torch.int64))
-        return self._csr
+        """(crow, col) of S in CSR form (row-major, ascending columns), int64; built on each call
+        and not kept (8 bytes per kept weight)."""
+        mask = self.positions()
+        counts = mask.sum(1)
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64)
+        return crow, torch.nonzero(mask, as_tuple=True)[1].to(torch.int64)
 
     def sparse_dense(self, dtype=None) -> torch.Tensor:
         """S as a dense m×n matrix (kept values in row-major order at the stored positions)."""
@@ -234,33 +260,101 @@ class SLaBLinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = self.compute_dtype
+        """y = Ŵ x + bias for every row x of ``x`` (last axis ``in_features``); see the module
+        docstring for which path computes it."""
         shape = x.shape
-        xf = x.reshape(-1, self.in_features).to(dt)
+        xf = x.reshape(-1, self.in_features)
         if self.cache_weight:
+            dt = self.compute_dtype
             if self._W is None or self._W.dtype != dt:
                 self._W = self.reconstruct(dt)
-            y = xf @ self._W.T
-        elif self.rank > FACTORED_MAX_RANK or self.levels is not None or hasattr(self, "q_codes"):
-            y = xf @ self.reconstruct(dt).T
+            y = self._add_bias(xf.to(dt) @ self._W.T)
+        elif self.fused_applies(xf):
+            y = self.fused_forward(xf) if xf.shape[0] <= fused.MAX_ROWS else self.blocked_forward(xf)
         else:
-            y = (self.sparse_csr(dt) @ xf.T).T if self.nnz else xf.new_zeros(xf.shape[0],
-                                                                             self.out_features)
-            if self.rank:
-                U, V = self.U.to(dt), self.V.to(dt)
-                B = self.sign_matrix(dt)
-                for k in range(self.rank):
-                    z = xf * V[:, k]
-                    z = z if B is None else z @ B.T
-                    y = y + z * U[:, k] if B is not None else y + z.sum(-1, keepdim=True) * U[:, k]
-            if self.row_offset is not None:  # Ŵ += c·1ᵀ  ⇒  y += c·Σ_j x_j
-                y = y + xf.sum(-1, keepdim=True) * self.row_offset.to(dt)
-        if self.bias is not None:
-            y = y + self.bias.to(dt)
+            y = self.reference_forward(xf)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def reference_forward(self, xf: torch.Tensor) -> torch.Tensor:
+        """The pure-torch forward of the rows of ``xf`` (rows × n) in ``compute_dtype``:
+        x Ŵᵀ with Ŵ rebuilt for the call (many rows, large rank, two-level codes, quantised part),
+        else S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j with S in CSR form and B unpacked to ±1, both
+        for this call only; then + bias."""
+        dt = self.compute_dtype
+        xf = xf.to(dt)
+        if (self.rank > FACTORED_MAX_RANK or self.levels is not None or hasattr(self, "q_codes")
+                or xf.shape[0] > FACTORED_MAX_ROWS):
+            return self._add_bias(xf @ self.reconstruct(dt).T)
+        y = (self.sparse_csr(dt) @ xf.T).T if self.nnz else xf.new_zeros(xf.shape[0], self.out_features)
+        if self.rank:
+            U, V = self.U.to(dt), self.V.to(dt)
+            B = self.sign_matrix(dt)
+            for k in range(self.rank):
+                z = xf * V[:, k]
+                z = z if B is None else z @ B.T
+                y = y + z * U[:, k] if B is not None else y + z.sum(-1, keepdim=True) * U[:, k]
+        if self.row_offset is not None:  # Ŵ += c·1ᵀ  ⇒  y += c·Σ_j x_j
+            y = y + xf.sum(-1, keepdim=True) * self.row_offset.to(dt)
+        return self._add_bias(y)
+
+    def fused_supported(self) -> bool:
+        """Whether the fused kernel can compute this layer (numba installed, bitmask or no sparse
+        part, no two-level codes or quantised part, rank ≤ ``fused.MAX_RANK``, on the CPU)."""
+        return (fused.HAVE_NUMBA and not hasattr(self, "nm_codes") and self.levels is None
+                and not hasattr(self, "q_codes") and self.rank <= fused.MAX_RANK
+                and self.values.device.type == "cpu"
+                and self.values.dtype in (torch.float16, torch.bfloat16, torch.float32))
+
+    def fused_applies(self, xf: torch.Tensor) -> bool:
+        """Whether :meth:`forward` takes the numba kernels for the rows ``xf`` (the fused one for at
+        most ``fused.MAX_ROWS`` rows, :meth:`blocked_forward` for more): enabled (``use_fused``),
+        supported (:meth:`fused_supported`, mask padding bits clear), input on the CPU, no
+        gradient wanted."""
+        return (self.use_fused and xf.device.type == "cpu" and self._packed_parts() is not None
+                and not (xf.requires_grad and torch.is_grad_enabled()))
+
+    def fused_forward(self, xf: torch.Tensor) -> torch.Tensor:
+        """y = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias for the rows x of ``xf`` by the
+        fused kernel (float32 result; see :func:`.fused.fused_matmul`)."""
+        p = self._packed_parts()
+        X = xf.detach().to(torch.float32).contiguous().numpy()
+        Y = fused.fused_matmul(p.values, p.rowptr, p.mask, p.signs, X, p.V, p.aux, p.flags,
+                               threads=torch.get_num_threads())
+        return torch.from_numpy(Y)
+
+    def blocked_forward(self, xf: torch.Tensor) -> torch.Tensor:
+        """x Ŵᵀ + bias for many rows x of ``xf`` (prefill): Ŵ rebuilt from the packed parts by the
+        numba decoder ``fused.BLOCK_ELEMS``/n output rows at a time, each block used in one matmul
+        and dropped (no m×n temporary)."""
+        p = self._packed_parts()
+        m, n = self.out_features, self.in_features
+        X = xf.detach().to(torch.float32).contiguous()
+        Y = torch.empty(X.shape[0], m, dtype=torch.float32)
+        step = max(16, fused.BLOCK_ELEMS // n)
+        threads = torch.get_num_threads()
+        for i0 in range(0, m, step):
+            i1 = min(m, i0 + step)
+            W = fused.decode_rows(p.values, p.rowptr, p.mask, p.signs, p.V, p.aux, p.flags, i0, i1, n,
+                                  threads=threads)
+            torch.matmul(X, torch.from_numpy(W).T, out=Y[:, i0:i1])
+        return self._add_bias(Y)
+
+    def _packed_parts(self) -> _Packed | None:
+        """The numba kernels' arrays (views of the buffers, plus the small float32 copies), built
+        once; ``None`` when the layer is not :meth:`fused_supported` or set padding bits of the
+        mask would confuse the kernels."""
+        if self._packed is None:
+            self._packed = _Packed(self) if self.fused_supported() else False
+            if self._packed and not self._packed.ok:
+                self._packed = False
+        return self._packed or None
+
     def set_cache_weight(self, on: bool = True) -> None:
-        """Materialise Ŵ once and use a dense matmul (faster on CPU at moderate sparsity)."""
+        """Materialise Ŵ once and use a dense matmul (faster on CPU for long inputs; costs m×n
+        numbers of memory)."""
         self.cache_weight = on
         self._W = None
 
@@ -271,3 +365,41 @@ class SLaBLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
                 f"rank={self.rank}, signs={self.signs is not None}")
+
+
+class _Packed:
+    """What the fused kernel reads: numpy views of ``values``, ``mask`` and ``signs``, the row
+    offsets into ``values`` (m + 1 int64), V (r×n), [U | c | bias] (m×(r+2)) in float32, and the
+    switches [sparse part, signs, offset, bias]."""
+
+    def __init__(self, mod: SLaBLinear):
+        m, n, r = mod.out_features, mod.in_features, mod.rank
+        has_mask = hasattr(mod, "mask") and mod.nnz > 0
+        mask = mod.mask.detach().reshape(-1).numpy() if has_mask else np.zeros(0, np.uint8)
+        self.mask = mask
+        self.ok = not (has_mask and n % 8 and bool(
+            (mod.mask[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
+        counts = np.unpackbits(mask.reshape(m, -1), axis=1).sum(1) if has_mask else np.zeros(m)
+        self.rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.values = self._values(mod.values.detach())
+        self.signs = (mod.signs.detach().reshape(-1).numpy() if mod.signs is not None
+                      else np.zeros(0, np.uint8))
+        self.V = (mod.V.detach().T.to(torch.float32).contiguous().numpy() if r
+                  else np.zeros((0, n), np.float32))
+        aux = torch.zeros(m, r + 2, dtype=torch.float32)
+        if r:
+            aux[:, :r] = mod.U.detach().to(torch.float32)
+        for col, t in ((r, mod.row_offset), (r + 1, mod.bias)):
+            if t is not None:
+                aux[:, col] = t.detach().to(torch.float32)
+        self.aux = aux.numpy()
+        self.flags = np.array([has_mask, mod.signs is not None and r > 0, mod.row_offset is not None,
+                               mod.bias is not None], dtype=np.int8)
+
+    @staticmethod
+    def _values(values: torch.Tensor) -> np.ndarray:
+        """float32 values as they are; 16-bit ones as their bit patterns (uint16: IEEE half,
+        int16: bfloat16), without a copy."""
+        if values.dtype in _CODE_VIEWS:
+            return values.view(torch.int16).numpy().view(_CODE_VIEWS[values.dtype])
+        return values.numpy()
