@@ -7,6 +7,9 @@ tensors (``"cpu:gloo,cuda:nccl"`` when ``--device cuda``, each rank on ``cuda:LO
 - **Weight parallel** (always): the linear layers of a block are assigned to ranks by their cost
   (:func:`assign_layers`); each rank solves its own and broadcasts their buffers
   (:meth:`Dist.share_layer`), so every rank holds the whole compressed block before the next one.
+  Every rank computes the block's input statistics over all windows (the same float sums as one
+  process); the compressed block's outputs, one forward per window, are split over the ranks and
+  gathered (:meth:`Dist.all_gather_outputs`), so the files are byte-identical to one process.
 - **Data parallel calibration** (``--data-parallel``): each rank runs a contiguous share of the
   calibration windows through the block; the column sums of squares and Gram matrices are summed
   in float64 with ``all_reduce`` (:meth:`Dist.all_reduce_stats`); rank 0 gathers the next block's
@@ -136,6 +139,37 @@ class Dist:
         state = {k: p.view(getattr(torch, dt)).reshape(sh).clone()
                  for (k, dt, sh), p in zip(layout, parts, strict=True)}
         return state, shape, entry
+
+    def forward_share(self, n: int) -> slice:
+        """The windows this rank runs through a compressed block (each rank a contiguous share)."""
+        if not self.active or self.data_parallel:
+            return slice(0, n)  # data-parallel: the rank's own windows are all it holds
+        lo, hi = window_bounds(n, self.world)[self.rank]
+        return slice(lo, hi)
+
+    def all_gather_outputs(self, mine: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Weight parallel: every rank's :meth:`forward_share` of the block outputs, on every rank,
+        in window order, bit-for-bit (each window's forward is the same computation on any rank)."""
+        if not self.active or self.data_parallel:
+            return mine
+        layouts = [None] * self.world
+        _dist().all_gather_object(layouts, _layout(mine))
+        out = []
+        for src in range(self.world):
+            nbytes = [_nbytes(dt, sh) for dt, sh in layouts[src]]
+            if not nbytes:
+                continue
+            if src == self.rank:
+                flat = torch.cat([t.contiguous().reshape(-1).view(torch.uint8) for t in mine])
+            else:
+                flat = torch.empty(sum(nbytes), dtype=torch.uint8)
+            _dist().broadcast(flat, src=src)
+            if src == self.rank:
+                out.extend(mine)
+                continue
+            out.extend(p.view(getattr(torch, dt)).reshape(sh)
+                       for (dt, sh), p in zip(layouts[src], torch.split(flat, nbytes), strict=True))
+        return out
 
     def gather_inputs(self, mine: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """All ranks' shares of the next block's inputs, in window order, on rank 0 (else ``None``).

@@ -472,7 +472,8 @@ def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progr
         block = layers[b].to(dev)
         entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg, need_gram,
                                   dev, pbar, d)
-        inputs = _run_block(block, inputs, calls[b], dev)
+        part = d.forward_share(len(inputs))
+        inputs = d.all_gather_outputs(_run_block(block, inputs[part], calls[b][part], dev))
         for mod in block.modules():
             if isinstance(mod, SLaBLinear):
                 mod.set_cache_weight(False)  # memory stays near one model
