@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .allocator import release_freed_memory
 from .arch import decoder_layers, set_module
 from .data import sha256_file
 from .errors import UserError
@@ -426,11 +427,13 @@ def _assign_buffers(model: nn.Module, rest: dict[str, torch.Tensor]) -> None:
 
 
 def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, verify: bool = True,
-                    device: str | torch.device = "cpu"):
+                    device: str | torch.device = "cpu", fused: bool = True):
     """(model, manifest) from a folder written by ``compress_model``; no pickle anywhere.
 
     With ``verify`` (default) every file's SHA-256 is checked against the manifest first, and a
-    damaged or missing file is named in the error.
+    damaged or missing file is named in the error. With ``fused`` (default) the compressed layers
+    compute their forward from the packed parts (:mod:`.fused`, where numba is installed and the
+    layout allows); ``False`` keeps the torch reference.
     """
     folder = Path(folder)
     man = read_manifest(folder)
@@ -448,7 +451,9 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, v
         load_block(block, folder, b, dtype)
     rest, _ = read_tensors(folder / REST)
     persistent = set(model.state_dict())
-    rest = {k: v.to(dtype) if k in persistent and v.is_floating_point() else v for k, v in rest.items()}
+    # (the others cloned: a tensor left on the file's mapping keeps every page read from it resident)
+    rest = {k: v.to(dtype) if k in persistent and v.is_floating_point() else v.clone()
+            for k, v in rest.items()}
     try:
         model.load_state_dict(rest, strict=False, assign=True)
     except RuntimeError as exc:
@@ -460,4 +465,9 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, v
     if leftovers:
         raise UserError(f"{folder / REST} lacks weights the model needs: {', '.join(leftovers[:5])}")
     model.eval()
-    return model.to(device), man
+    model = model.to(device)
+    for mod in model.modules():
+        if isinstance(mod, SLaBLinear):
+            mod.use_fused = fused
+    release_freed_memory()  # the loading's temporaries, kept by glibc's heap otherwise
+    return model, man

@@ -170,13 +170,14 @@ class SLaBLinear(nn.Module):
         """An instance whose buffers have the shapes/dtypes of a saved ``state`` (prefix stripped)."""
         m, n = shape
         U = state.get("U")
-        mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
-                  has_signs="signs" in state, has_levels="levels" in state,
-                  has_offset="row_offset" in state, bias="bias" in state,
-                  nm=tuple(state["nm"].tolist()) if "nm" in state else None,
-                  quant=cls._layout_of(state, (m, n)),
-                  store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
-        mod.load_state_dict(state, strict=True)
+        with torch.device("meta"):  # no buffers to allocate and drop: the state's tensors are taken
+            mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
+                      has_signs="signs" in state, has_levels="levels" in state,
+                      has_offset="row_offset" in state, bias="bias" in state,
+                      nm=tuple(state["nm"].tolist()) if "nm" in state else None,
+                      quant=cls._layout_of(state, (m, n)),
+                      store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
+        mod.load_state_dict(state, strict=True, assign=True)
         mod.rebuild_index()
         return mod
 
