@@ -8,7 +8,8 @@ layers, and the block goes back to the CPU -- the sequential onloading of Sparse
 llm-compressor. After each block the folder records the block and the next block's inputs (see
 :mod:`.checkpoint`), so a killed run continues with ``resume=True`` and writes the same bytes as an
 uninterrupted run (every layer's seed depends only on its index; no wall-clock time is stored in a
-block file).
+block file). Under ``torchrun`` several processes share each block's work (:mod:`.distributed`,
+docs/distributed.md); only rank 0 writes the folder.
 """
 
 from __future__ import annotations
