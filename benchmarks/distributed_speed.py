@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "distributed_speed.json"
+CHILD = "benchmarks.distributed_speed"  # runs the CLI like ``-m slabopt.llm`` and records its CPU time
 MODES = {
     "single": [],
     "torchrun2": ["torchrun"],
@@ -35,23 +36,40 @@ MODES = {
 }
 
 
-def command(mode: str, out: Path, calib_tokens: int, seqlen: int) -> list[str]:
+def command(mode: str, out: Path, calib_tokens: int, seqlen: int, entry: str = "slabopt.llm") -> list[str]:
     """The command line of one run (``torchrun`` as ``python -m torch.distributed.run``)."""
     flags = MODES[mode]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] \
         if "torchrun" in flags else [sys.executable]
-    return [*launch, "-m", "slabopt.llm", "compress", "--threads", "1", "--calib-tokens", str(calib_tokens),
+    sub = ["child", "compress"] if entry == CHILD else ["compress"]
+    return [*launch, "-m", entry, *sub, "--threads", "1", "--calib-tokens", str(calib_tokens),
             "--seqlen", str(seqlen), "--out", str(out), *[f for f in flags if f != "torchrun"]]
+
+
+def child(argv: list[str]) -> int:
+    """``slabopt`` (``cli.main``) in this process; then its CPU seconds go to $SLABOPT_CPU_DIR."""
+    from slabopt.llm import cli
+
+    code = cli.main(argv)
+    t = os.times()
+    rank = os.environ.get("RANK", "0")
+    Path(os.environ["SLABOPT_CPU_DIR"], f"rank{rank}.json").write_text(
+        json.dumps({"rank": int(rank), "cpu_seconds": t.user + t.system}))
+    return code
 
 
 def run_once(mode: str, out: Path, calib_tokens: int, seqlen: int) -> dict:
     """Run one compression; its wall time, the load before it and the manifest's compression time."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = command(mode, out, calib_tokens, seqlen)
+    cmd = command(mode, out, calib_tokens, seqlen, entry=CHILD)
+    cpu_dir = out.with_name(out.name + "_cpu")
+    shutil.rmtree(cpu_dir, ignore_errors=True)
+    cpu_dir.mkdir(parents=True)
     load = os.getloadavg()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", SLABOPT_CPU_DIR=str(cpu_dir)))
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -61,6 +79,8 @@ def run_once(mode: str, out: Path, calib_tokens: int, seqlen: int) -> dict:
             "solve_seconds_sum": sum(e["seconds"] for e in man["layers"]), "load_before": list(load),
             "load_after": list(os.getloadavg()),
             "cpu_seconds": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
+            "cpu_seconds_per_rank": [json.loads(p.read_text())["cpu_seconds"]
+                                     for p in sorted(cpu_dir.glob("rank*.json"))],
             "files": man["files"]}
 
 
@@ -73,17 +93,31 @@ def summary(runs: list[dict]) -> dict:
         if base and m != "single":
             s["speedup_min"] = base["min"] / s["min"]
             s["speedup_median"] = base["median"] / s["median"]
+    cpu = {m: statistics.median(max(r["cpu_seconds_per_rank"]) for r in runs if r["mode"] == m)
+           for m in out if all(r.get("cpu_seconds_per_rank") for r in runs if r["mode"] == m)}
+    for m, c in cpu.items():  # an estimate, not a measurement: ignores waiting and the launcher
+        out[m]["busiest_rank_cpu_seconds_median"] = c
+        if "single" in cpu and m != "single":
+            out[m]["cpu_bound_speedup_estimate"] = cpu["single"] / c
     return out
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["child"]:
+        sys.exit(child(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--calib-tokens", type=int, default=4096)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--work", default="/tmp/slabopt_distributed_speed")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--keep-previous", action="store_true",
+                    help="keep the sessions already in the results file (under previous_sessions)")
     args = ap.parse_args()
+    previous = []
+    if args.keep_previous and RESULT.exists():
+        old = json.loads(RESULT.read_text())
+        previous = [*old.pop("previous_sessions", []), old]
     work = Path(args.work)
     runs = []
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -104,7 +138,8 @@ def main() -> None:
             if mode == "torchrun2" and "single" in args.modes:
                 single = next(x for x in runs if x["mode"] == "single")
                 r["byte_identical_to_single"] = r["files"] == single["files"]
-            result.update(runs=[{k: v for k, v in x.items() if k != "files"} for x in runs],
+            result.update(previous_sessions=previous,
+                          runs=[{k: v for k, v in x.items() if k != "files"} for x in runs],
                           summary=summary(runs), load_after=list(os.getloadavg()))
             RESULT.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
