@@ -201,6 +201,31 @@ def _layer_line(row: dict) -> str:
     return " | ".join(parts) + " ms (median)"
 
 
+def bench_rows(reps: int = 10) -> list[dict]:
+    """Time per call against the number of input rows (one thread): the fused kernel, the blocked
+    rebuild (``blocked_forward``) and a dense float32 matmul with Ŵ kept (``set_cache_weight``),
+    ratio 0.5, rank 1 -- where ``fused.MAX_ROWS`` comes from."""
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    for label in ("SmolLM2 q/o_proj", "SmolLM2 gate/up_proj", "Llama-7B q/k/v/o_proj"):
+        m, n = SHAPES[label]
+        mod = random_layer(m, n, 0.5)
+        W = mod.reconstruct(torch.float32)
+        for k in (1, 2, 4, 8, 16, 64):
+            x = torch.randn(k, n)
+            fns = {"fused": lambda x=x, mod=mod: mod.fused_forward(x),
+                   "blocked": lambda x=x, mod=mod: mod.blocked_forward(x),
+                   "dense fp32": lambda x=x, W=W: x @ W.T}
+            with torch.no_grad():
+                times = _time_interleaved(fns, dict.fromkeys(fns, reps))
+            row = {"layer": label, "shape": [m, n], "rows": k, **{v: _summary(t) for v, t in times.items()}}
+            rows.append(row)
+            print(label, k, {v: round(row[v]["median_ms"], 3) for v in fns}, flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------ whole model
 def child(kind: str, folder: str | None, dtype: str, threads: int, new_tokens: int, reps: int) -> dict:
     """Load one model in this (fresh) process, greedy-generate, report tokens/s and memory."""
@@ -310,6 +335,52 @@ def plot() -> None:
     print(f"wrote {PLOT}")
 
 
+def tables() -> str:
+    """The Markdown tables of docs/benchmarks.md from the JSON."""
+    data = json.loads(RESULTS.read_text())
+    out = []
+    names = ("dense fp32", "dense bf16", "compressed fused", REF)
+    for threads in THREADS:
+        out += [f"\n**Batch-1 matvec, {threads} thread{'s' * (threads > 1)}** (ms, median / min; "
+                "fused ÷ fp32 and fused ÷ bf16 of the medians)\n",
+                "| layer | m×n | ratio | " + " | ".join(names) + " | fused/fp32 | fused/bf16 |",
+                "|---|---|---|" + "---|" * (len(names) + 2)]
+        for r in data["layers"]["rows"]:
+            if r["threads"] != threads:
+                continue
+            cells = [f"{r[v]['median_ms']:.3f} / {r[v]['min_ms']:.3f}" for v in names]
+            fused = r["compressed fused"]["median_ms"]
+            cells += [f"{fused / r[v]['median_ms']:.2f}" for v in names[:2]]
+            out.append(f"| {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['ratio']} | "
+                       + " | ".join(cells) + " |")
+    if "model" in data:
+        out += ["\n**Whole model, SmolLM2-135M, greedy `generate`** (tokens/s: best and median over all "
+                "runs; memory in MiB after generating)\n",
+                "| model | weights dtype | threads | tokens/s round 1 (median) | round 2 (median) | best | "
+                "tensors | RSS | RSS after malloc_trim | of which file pages | anonymous | shared libs |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        groups: dict = {}
+        for r in data["model"]["rows"]:
+            groups.setdefault((r["kind"], r.get("ratio"), r["dtype"], r["threads"]), []).append(r)
+        for (kind, ratio, dtype, threads), rs in groups.items():
+            ok = [r for r in rs if "timed_out_s" not in r]
+            name = "dense" if kind == "dense" else f"compressed {ratio}"
+            if not ok:
+                out.append(f"| {name} | {dtype} | {threads} | timed out | timed out | | | | | | | |")
+                continue
+            best = max(r["tokens_per_s_best"] for r in ok)
+            per_round = {r["round"]: f"{r['tokens_per_s_median']:.1f}" for r in ok}
+            last = ok[-1]
+            tr = last["rss_parts_after_trim_mib"]
+            cells = [name, dtype, threads, per_round.get(0, "timed out"), per_round.get(1, "timed out"),
+                     f"{best:.1f}", f"{last['tensor_mib']:.0f}",
+                     f"{last['VmRSS_after_generate_mib']:.0f}",
+                     *(f"{tr[k]:.0f}" for k in ("Rss", "Private_Clean", "Anonymous", "Shared_Clean"))]
+            note = f" ({len(rs) - len(ok)} run timed out)" if len(ok) < len(rs) else ""
+            out.append("| " + " | ".join(map(str, cells)) + " |" + note)
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -329,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     ch.add_argument("--new-tokens", type=int, default=32)
     ch.add_argument("--reps", type=int, default=3)
     sub.add_parser("plot")
+    sub.add_parser("tables")
+    sub.add_parser("rows")
     args = ap.parse_args(argv)
     if args.cmd == "layers":
         info = _machine()
@@ -343,6 +416,10 @@ def main(argv: list[str] | None = None) -> None:
                         "rows": rows})
     elif args.cmd == "child":
         print(json.dumps(child(args.kind, args.folder, args.dtype, args.threads, args.new_tokens, args.reps)))
+    elif args.cmd == "rows":
+        _save("rows", {"machine": _machine(), "command": " ".join(sys.argv), "rows": bench_rows()})
+    elif args.cmd == "tables":
+        print(tables())
     else:
         plot()
 

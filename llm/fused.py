@@ -39,8 +39,12 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-# rows of X above which a dense rebuild of Ŵ and a matmul is faster (measured, benchmarks/decode_speed.py)
+# input rows up to which the fused kernel beats a blocked rebuild of Ŵ and a matmul (one thread,
+# ratio 0.5, rank 1; ``python -m benchmarks.decode_speed rows``): 2 for SmolLM2's layers, 4 for
+# 4096×4096 and larger
 MAX_ROWS = 4
+MAX_ROWS_SMALL = 2
+SMALL_LAYER = 1 << 22  # m·n below which MAX_ROWS_SMALL applies
 MAX_RANK = 16
 BLOCK_ELEMS = 1 << 20  # Ŵ entries rebuilt at a time for many input rows (4 MiB of float32)
 PARALLEL_MIN_WORK = 1 << 18  # m·n·rows below which one thread is used (thread wake-up costs more)
@@ -377,6 +381,12 @@ _EMPTY_F32 = np.zeros(0, np.float32)
 def _table_for(vals: np.ndarray) -> np.ndarray:
     kind = {np.dtype(np.uint16): "f16", np.dtype(np.int16): "bf16"}.get(vals.dtype)
     return _EMPTY_F32 if kind is None else value_table(kind)
+
+
+def max_rows(m: int, n: int) -> int:
+    """Most input rows for which :func:`fused_matmul` is used rather than :func:`decode_rows` and a
+    matmul, for an m×n layer."""
+    return MAX_ROWS if m * n >= SMALL_LAYER else MAX_ROWS_SMALL
 
 
 def _set_threads(threads: int) -> int:

@@ -18,14 +18,16 @@ and B by :func:`slabopt.unpack_signs`.
 
 Forward, y = Ŵ x + bias = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias, by one of:
 
-- the fused CPU kernel (:mod:`.fused`, default when numba is installed) for up to
-  ``fused.MAX_ROWS`` input rows: computed straight from the packed mask, values and signs, with no
-  m×n temporary and no column index; kept between calls are only the row offsets into ``values``
-  (m + 1 integers) and float32 copies of U, V, c and the bias (r·(m + n) + 2m numbers);
-- otherwise the pure-torch reference: for more rows, large ranks, two-level codes, quantised parts,
-  N:M codes or tensors off the CPU, the dense Ŵ rebuilt for the call (one matmul); for a small batch
-  without numba, the factored product (S as a CSR matrix whose int64 index is built for the call
-  and dropped, B unpacked to ±1 for the call);
+- where numba is installed and the layout allows (bitmask or no S, rank ≤ ``fused.MAX_RANK``, no
+  two-level codes, no quantised part, on the CPU), from the packed parts (:mod:`.fused`): for up to
+  ``fused.max_rows(m, n)`` input rows (2 or 4) the fused kernel, with no m×n temporary and no
+  column index; for more rows (prefill) Ŵ rebuilt a block of rows at a time, each block used in
+  one matmul and dropped. Kept between calls: the row offsets into ``values`` (m + 1 integers) and
+  float32 copies of U, V, c and the bias (r·(m + n) + 2m numbers);
+- otherwise the pure-torch reference (:meth:`SLaBLinear.reference_forward`): the dense Ŵ rebuilt
+  for the call and one matmul (many rows, large rank, two-level codes, quantised parts), or the
+  factored product with S as a CSR matrix whose int64 index is built for the call and dropped and
+  B unpacked to ±1 for the call;
 - with ``set_cache_weight(True)`` (calibration during compression, perplexity): the dense Ŵ built
   once and kept.
 """
@@ -271,7 +273,8 @@ class SLaBLinear(nn.Module):
                 self._W = self.reconstruct(dt)
             y = self._add_bias(xf.to(dt) @ self._W.T)
         elif self.fused_applies(xf):
-            y = self.fused_forward(xf) if xf.shape[0] <= fused.MAX_ROWS else self.blocked_forward(xf)
+            few = xf.shape[0] <= fused.max_rows(self.out_features, self.in_features)
+            y = self.fused_forward(xf) if few else self.blocked_forward(xf)
         else:
             y = self.reference_forward(xf)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -311,7 +314,7 @@ class SLaBLinear(nn.Module):
 
     def fused_applies(self, xf: torch.Tensor) -> bool:
         """Whether :meth:`forward` takes the numba kernels for the rows ``xf`` (the fused one for at
-        most ``fused.MAX_ROWS`` rows, :meth:`blocked_forward` for more): enabled (``use_fused``),
+        most ``fused.max_rows(m, n)`` rows, :meth:`blocked_forward` for more): enabled (``use_fused``),
         supported (:meth:`fused_supported`, mask padding bits clear), input on the CPU, no
         gradient wanted."""
         return (self.use_fused and xf.device.type == "cpu" and self._packed_parts() is not None
