@@ -354,8 +354,8 @@ def tables() -> str:
             out.append(f"| {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['ratio']} | "
                        + " | ".join(cells) + " |")
     if "model" in data:
-        out += ["\n**Whole model, SmolLM2-135M, greedy `generate`** (tokens/s: best and median over all "
-                "runs; memory in MiB after generating)\n",
+        out += ["\n**Whole model, SmolLM2-135M, greedy `generate`** (tokens/s: median of 3 runs in each "
+                "of two rounds, and the best run; memory in MiB after generating, of the last round)\n",
                 "| model | weights dtype | threads | tokens/s round 1 (median) | round 2 (median) | best | "
                 "tensors | RSS | RSS after malloc_trim | of which file pages | anonymous | shared libs |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
