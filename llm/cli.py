@@ -75,7 +75,8 @@ def _config(args, method: str, ratio: float | None, options: dict):
     from .pipeline import CompressConfig
 
     return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
-                          value_bits=args.value_bits, pattern=args.pattern, options=options,
+                          value_bits=args.value_bits, pattern=args.pattern, positions=args.positions,
+                          options=options,
                           targets=args.targets, ignore=args.ignore or None)
 
 
@@ -261,6 +262,11 @@ def _budget_args(sp, compare: bool) -> None:
                          "(default: %(default)s)")
     sp.add_argument("--value-bits", type=int, default=16, choices=(16, 32),
                     help="bits per stored value (S, U, V), the b of the budget (default: %(default)s)")
+    sp.add_argument("--positions", default="index", choices=("index", "bitmask"),
+                    help="what the positions of S cost in the budget: index = nothing (the papers' "
+                         "convention; the saved bitmask then adds 1 bit per weight on disk), bitmask = "
+                         "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk "
+                         "(default: %(default)s)")
 
 
 def distributed_timeout() -> int:

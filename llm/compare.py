@@ -51,6 +51,7 @@ class CompareSettings:
                 "seqlen": self.seqlen, "calib_tokens": self.calib_tokens, "seed": b.seed, "rank": b.rank,
                 "max_iter": b.max_iter, "ratios": list(self.ratios), "methods": list(self.methods),
                 "options": dict(b.options), "value_bits": b.value_bits, "index_bits": b.index_bits,
+                "positions": b.positions,
                 "pattern": b.pattern, "dtype": self.dtype, "device": str(self.device),
                 "tasks": list(self.tasks), "limit": self.limit}
 

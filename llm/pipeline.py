@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 import slabopt
+from slabopt.budget import POSITIONS
 from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
@@ -93,6 +94,7 @@ class CompressConfig:
     value_bits: int = 16
     index_bits: int = 0
     pattern: str = "row"
+    positions: str = "index"
     options: Mapping = field(default_factory=dict)
     targets: str | None = None
     ignore: str | None = DEFAULT_IGNORE
@@ -112,6 +114,9 @@ class CompressConfig:
             raise UserError(f"method {self.method!r} has no fixed budget (it keeps whatever rank and "
                             "nonzeros it reaches), so the saved model could be larger than the ratio "
                             "says; add --option project=true to project each layer to the budget")
+        if self.positions not in POSITIONS:
+            raise UserError(f"positions must be one of {', '.join(POSITIONS)}, "
+                            f"got {self.positions!r}")
         if self.value_bits not in STORE_DTYPES:
             raise UserError(f"value bits must be 16 or 32 for a saved model, got {self.value_bits}")
         try:
@@ -215,7 +220,7 @@ def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
         res = slabopt.solve(W, ratio=cfg.ratio, rank=cfg.rank, method=cfg.solver,
                             seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
                             value_bits=cfg.value_bits, index_bits=cfg.index_bits, pattern=cfg.pattern,
-                            **kw, **cfg.options)
+                            positions=cfg.positions, **kw, **cfg.options)
     except (ValueError, TypeError) as exc:
         raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
     allowed = res.bits if cfg.ratio is None else (1 - Fraction(cfg.ratio)) * res.dense_bits

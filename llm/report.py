@@ -33,7 +33,7 @@ def caption(s: dict) -> str:
     return (f"Model {s['model']}; text: {s['text']}; test: first {s['tokens'] // s['seqlen']} × "
             f"{s['seqlen']} tokens; calibration: {windows} windows × {s['seqlen']} tokens, seed "
             f"{s['seed']}; rank {s['rank']}, {s['value_bits']}-bit values, {s['index_bits']} index bits, "
-            f"pattern {s['pattern']}; max_iter {max_iter}{opts}.")
+            f"positions {s.get('positions', 'index')}, pattern {s['pattern']}; max_iter {max_iter}{opts}.")
 
 
 def markdown_table(rows: list[dict], settings: dict) -> str:

@@ -571,3 +571,30 @@ def test_cli_compress_and_compare_quantisers(tiny_checkpoint, tmp_path, capsys):
                               "--no-progress"], capsys)
     assert code == 0, err
     assert so.count("| rtn | - (fixed) |") == 1 and so.count("| wanda |") == 2
+
+
+def test_positions_bitmask_makes_the_ratio_the_ratio_on_disk(tmp_path):
+    """--positions bitmask: the budget pays for the saved mask, so the stored tensors of every
+    compressed layer are at least ``ratio`` smaller than 16-bit dense; under the default the mask
+    overshoots the budget by 1 bit per weight."""
+    for positions in ("index", "bitmask"):
+        man = compress_model(tiny_model(), _windows(), tmp_path / positions, method="slab", ratio=0.5, rank=1,
+                             max_iter=2, positions=positions, progress=False, log=None)
+        assert man["settings"]["positions"] == positions
+        model, _ = load_compressed(tmp_path / positions)
+        layers = [m for m in model.modules() if isinstance(m, SLaBLinear)]
+        for mod in layers:  # 48 and 80 inputs: whole bytes per row, no padding
+            dense = 16 * mod.in_features * mod.out_features
+            stored = 8 * mod.storage_bytes()
+            if positions == "bitmask":
+                assert stored <= dense // 2
+            else:
+                assert stored > dense // 2
+        assert len(layers) == 14
+
+
+def test_cli_positions_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compress", "--positions", "csr", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "invalid choice: 'csr'" in capsys.readouterr().err
