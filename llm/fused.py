@@ -304,7 +304,7 @@ if HAVE_NUMBA:
                         plus = _sign_chunks(signs, i * nb, Z, (b * r + k) * n, nfull)
                         if tail:
                             plus += _sign_tail(signs, i * nb, Z[b, k], 8 * nfull, nb, n)
-                        bz = 2 * plus - bz
+                        bz = np.float32(2.0) * plus - bz
                     acc += aux[i, k] * bz
                 if flags[2]:
                     acc += aux[i, r] * zsum[b, r]
