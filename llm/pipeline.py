@@ -246,7 +246,8 @@ def _compress_block(block, b, prefix, inputs, calls, cfg: CompressConfig, need_g
     """
     dtype = next(block.parameters()).dtype
     lin = block_linears(block, prefix, cfg.targets, cfg.ignore)
-    stats, owner = collect_stats(block, inputs, calls, lin, need_gram, device)
+    with d.step():  # a failure here (out of memory) stops every rank, as in the solves
+        stats, owner = collect_stats(block, inputs, calls, lin, need_gram, device)
     d.all_reduce_stats(stats, owner)
     ranks = _layer_ranks(lin, cfg, need_gram, d)
     entries = {}
@@ -479,7 +480,10 @@ def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progr
         entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg, need_gram,
                                   dev, pbar, d)
         part = d.forward_share(len(inputs))
-        inputs = d.all_gather_outputs(_run_block(block, inputs[part], calls[b][part], dev))
+        with d.step():
+            outs = _run_block(block, inputs[part], calls[b][part], dev)
+        inputs = d.all_gather_outputs(outs)
+        del outs
         for mod in block.modules():
             if isinstance(mod, SLaBLinear):
                 mod.set_cache_weight(False)  # memory stays near one model
