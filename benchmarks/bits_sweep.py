@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -55,21 +56,40 @@ def quant_points() -> list[dict]:
 
 
 def prune_points(methods=PRUNERS) -> list[dict]:
-    """Each pruning / S + L⊙B method at the ratio whose budget plus the bitmask is b bits per weight."""
-    return [{"method": m, "label": f"{m} {b} bits", "ratio": round(1 - (b - 1) / 16, 6), "options": {}}
-            for b in TARGET_BITS for m in methods]
+    """Each pruning / S + L⊙B method at the ratio whose budget plus the bitmask is b bits per weight,
+    and L⊙B alone at 2 bits (rank 8: B's 1 bit plus U, V; the budget, counting the bitmask, leaves
+    no room for S)."""
+    pts = [{"method": m, "label": f"{m} {b} bits", "ratio": round(1 - (b - 1) / 16, 6), "options": {}}
+           for b in TARGET_BITS for m in methods]
+    pts.append({"method": "slab", "label": "slab L⊙B rank 8, 2 bits", "ratio": 0.875, "options": {},
+                "args": ["--rank", "8", "--positions", "bitmask"]})
+    return pts
 
 
 def key(p: dict) -> str:
     return p["label"]
 
 
+FIRST = ("slab 3 bits", "gptq int3 g128", "rtn int3 g128", "slab 2.5 bits", "gptq int2 g64", "rtn int2 g64",
+         "slab 2 bits", "gptq int2 g128", "gptq int3", "slab L⊙B rank 8, 2 bits", "slab 8 bits", "gptq int8",
+         "wanda 8 bits", "sparsegpt 8 bits", "slab 4 bits", "gptq int4 g128", "rtn int4 g128", "wanda 3 bits",
+         "rtn int3", "admm 8 bits", "gptq int4", "slab 6 bits", "gptq int6", "rtn int6", "slab 5 bits",
+         "gptq int5", "admm 3 bits")
+
+
+def priority(p: dict) -> tuple:
+    """The points that decide the regime claims first (≤ 3 bits and 8 bits), then the rest by bits."""
+    label = key(p)
+    return (FIRST.index(label) if label in FIRST else len(FIRST), -p.get("ratio", 0))
+
+
 def run_point(p: dict, work: Path) -> dict:
-    out = work / key(p).replace(" ", "_")
+    out = work / re.sub(r"[^A-Za-z0-9.]+", "_", key(p))
     cmd = [sys.executable, "-m", "slabopt.llm", "compress", "--method", p["method"], "--out", str(out),
            *COMMON]
     if "ratio" in p:
         cmd += ["--ratio", str(p["ratio"])]
+    cmd += p.get("args", [])  # after COMMON: a point's own --rank wins
     for k, v in p["options"].items():
         cmd += ["--option", f"{k}={'none' if v is None else v}"]
     if out.exists():
@@ -96,14 +116,15 @@ def run(args) -> None:
         done["points"].append({"method": "dense", "label": "dense", "bits_per_weight": 16.0,
                                "perplexity": json.loads(ev.stdout)["perplexity"]})
     todo = [p for p in prune_points() + quant_points() if key(p) not in have
-            and (not args.only or p["method"] in args.only)]
-    todo.sort(key=lambda p: args.order.index(p["method"]) if p["method"] in args.order else 99)
+            and (not args.only or p["method"] in args.only) and (not args.labels or key(p) in args.labels)]
+    todo.sort(key=priority)
     for p in todo:
         print(f"{time.strftime('%H:%M:%S')} {key(p)}", flush=True)
         try:
             done["points"].append(run_point(p, Path(args.work)))
         except subprocess.CalledProcessError as exc:
-            print(f"  failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}", flush=True)
+            why = [ln for ln in (exc.stderr or "").splitlines() if "error" in ln.lower()] or [str(exc)]
+            print(f"  failed: {why[-1].strip()[-300:]}", flush=True)
             continue
         print(f"  perplexity {done['points'][-1]['perplexity']:.3f} at "
               f"{done['points'][-1]['bits_per_weight']:.3f} bits/weight", flush=True)
@@ -146,8 +167,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="compress and evaluate the points not yet in the results file")
     r.add_argument("--only", nargs="*", default=None, help="methods to run (default: all)")
-    r.add_argument("--order", nargs="*", default=["rtn", "wanda", "slab", "gptq", "sparsegpt", "admm"],
-                   help="which methods go first")
+    r.add_argument("--labels", nargs="*", default=None, help="points to run, by label (default: all)")
     r.add_argument("--work", default="/tmp/slabopt_bits_sweep", help="folder for the compressed models")
     sub.add_parser("report", help="print the table and write the plot")
     args = ap.parse_args()
