@@ -66,6 +66,21 @@ def prune_points(methods=PRUNERS) -> list[dict]:
     return pts
 
 
+CODED = ((8, 8), (8, 6), (6, 6), (6, 5), (6, 4), (5, 4), (5, 3), (4, 3), (4, 2), (3, 2), (2.5, 2))
+
+
+def coded_points() -> list[dict]:
+    """S + L⊙B (and wanda, i.e. pruning plus codes, without L⊙B) with the kept values of S as q-bit
+    codes (``--sparse-bits q``) and ``--positions bitmask``: the ratio asked for is then the ratio on
+    disk, 1 − b/16, for each (b bits per weight, q) in ``CODED``."""
+    pts = []
+    for b, q in CODED:
+        for m in ("slab", "wanda"):
+            pts.append({"method": m, "label": f"{m} q{q} {b} bits", "ratio": round(1 - b / 16, 6),
+                        "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q)]})
+    return pts
+
+
 def key(p: dict) -> str:
     return p["label"]
 
@@ -115,7 +130,7 @@ def run(args) -> None:
                             cwd=REPO, capture_output=True, text=True)
         done["points"].append({"method": "dense", "label": "dense", "bits_per_weight": 16.0,
                                "perplexity": json.loads(ev.stdout)["perplexity"]})
-    todo = [p for p in prune_points() + quant_points() if key(p) not in have
+    todo = [p for p in prune_points() + quant_points() + coded_points() if key(p) not in have
             and (not args.only or p["method"] in args.only) and (not args.labels or key(p) in args.labels)]
     todo.sort(key=priority)
     for p in todo:

@@ -76,6 +76,7 @@ def _config(args, method: str, ratio: float | None, options: dict):
 
     return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
                           value_bits=args.value_bits, pattern=args.pattern, positions=args.positions,
+                          sparse_bits=args.sparse_bits,
                           options=options,
                           targets=args.targets, ignore=args.ignore or None)
 
@@ -267,6 +268,10 @@ def _budget_args(sp, compare: bool) -> None:
                          "convention; the saved bitmask then adds 1 bit per weight on disk), bitmask = "
                          "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk "
                          "(default: %(default)s)")
+    sp.add_argument("--sparse-bits", type=int, default=None, metavar="Q", choices=range(2, 9),
+                    help="store the kept values of S as Q-bit integer codes (Q = 2..8) with one 16-bit "
+                         "scale per row, so the budget keeps about 16/Q times as many of them; "
+                         "sparsity methods only (default: values at --value-bits bits)")
 
 
 def distributed_timeout() -> int:

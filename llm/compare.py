@@ -51,7 +51,7 @@ class CompareSettings:
                 "seqlen": self.seqlen, "calib_tokens": self.calib_tokens, "seed": b.seed, "rank": b.rank,
                 "max_iter": b.max_iter, "ratios": list(self.ratios), "methods": list(self.methods),
                 "options": dict(b.options), "value_bits": b.value_bits, "index_bits": b.index_bits,
-                "positions": b.positions,
+                "positions": b.positions, "sparse_bits": b.sparse_bits,
                 "pattern": b.pattern, "dtype": self.dtype, "device": str(self.device),
                 "tasks": list(self.tasks), "limit": self.limit}
 
@@ -112,6 +112,8 @@ def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | No
     """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
     from dataclasses import replace
 
+    from slabopt.registry import get_method
+
     options = cs.method_options.get(method, {})
     if ratio is not None:
         budget = f"r{ratio}"
@@ -119,8 +121,11 @@ def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | No
         budget = "q" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
     else:
         budget = cs.base.pattern.replace(":", "of")
-    out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}"
     cfg = replace(cs.base, method=method, ratio=ratio, options=options)
+    if "sparse" not in get_method(cfg.solver).components:
+        cfg = replace(cfg, sparse_bits=None)  # --sparse-bits codes S; methods without one ignore it
+    coded = "" if cfg.sparse_bits is None else f"-q{cfg.sparse_bits}"
+    out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}{coded}"
     print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
     exists = out.exists() and any(out.iterdir())
     try:

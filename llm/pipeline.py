@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 import slabopt
-from slabopt.budget import POSITIONS
+from slabopt.budget import POSITIONS, SPARSE_BITS
 from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
@@ -83,7 +83,8 @@ class CompressConfig:
     quantisers (``rtn``, ``gptq``), whose bits are fixed by their options (``bits``, ``group_size``).
     ``targets`` / ``ignore`` are regular expressions on the full names of the linear layers inside
     the decoder blocks (``re.search``); ``None`` targets every one. ``options`` are the solver's own
-    keywords.
+    keywords. ``sparse_bits`` = q stores the kept values of S as q-bit codes with a scale per row
+    (docs/formulation.md §4.7); ``None`` keeps them at ``value_bits``.
     """
 
     method: str = "slab"
@@ -95,6 +96,7 @@ class CompressConfig:
     index_bits: int = 0
     pattern: str = "row"
     positions: str = "index"
+    sparse_bits: int | None = None
     options: Mapping = field(default_factory=dict)
     targets: str | None = None
     ignore: str | None = DEFAULT_IGNORE
@@ -117,6 +119,13 @@ class CompressConfig:
         if self.positions not in POSITIONS:
             raise UserError(f"positions must be one of {', '.join(POSITIONS)}, "
                             f"got {self.positions!r}")
+        if self.sparse_bits is not None and not (
+                isinstance(self.sparse_bits, int) and SPARSE_BITS[0] <= self.sparse_bits <= SPARSE_BITS[1]):
+            raise UserError(f"sparse bits must be an integer from {SPARSE_BITS[0]} to {SPARSE_BITS[1]}, "
+                            f"got {self.sparse_bits!r}")
+        if self.sparse_bits is not None and "sparse" not in info.components:
+            raise UserError(f"--sparse-bits codes the values of S, but method {self.method!r} stores no "
+                            "sparse part")
         if self.value_bits not in STORE_DTYPES:
             raise UserError(f"value bits must be 16 or 32 for a saved model, got {self.value_bits}")
         try:
@@ -220,7 +229,7 @@ def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
         res = slabopt.solve(W, ratio=cfg.ratio, rank=cfg.rank, method=cfg.solver,
                             seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
                             value_bits=cfg.value_bits, index_bits=cfg.index_bits, pattern=cfg.pattern,
-                            positions=cfg.positions, **kw, **cfg.options)
+                            positions=cfg.positions, sparse_bits=cfg.sparse_bits, **kw, **cfg.options)
     except (ValueError, TypeError) as exc:
         raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
     allowed = res.bits if cfg.ratio is None else (1 - Fraction(cfg.ratio)) * res.dense_bits

@@ -6,7 +6,10 @@ Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on 
   ``mask`` (m×⌈n/8⌉ uint8, 1 bit per entry), or for an N:M pattern as one combination code per
   group (``nm_codes``, ⌈log₂ C(M, N)⌉ bits per M entries, with ``nm`` = [N, M]; see
   :mod:`.nm_codes`) -- either cheaper on disk than 16-bit column indices whenever
-  more than 1/16 of the entries are kept); CSR index arrays (int64) are built only when the
+  more than 1/16 of the entries are kept); with coded values (``sparse_bits`` = q) ``values`` holds
+  the k kept values of each row as q-bit codes packed row by row (m×⌈k·q/8⌉ uint8), with one scale
+  per row ``value_scales`` (float16, float32 for 32-bit models) and ``value_layout`` = [q, k]:
+  value = scale·(code − 2^(q−1)) (docs/formulation.md §4.7); CSR index arrays (int64) are built only when the
   factored forward first needs them (``_csr``, not saved),
 - ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
 - ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
@@ -57,7 +60,8 @@ class SLaBLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, nnz: int = 0, rank: int = 0,
                  has_signs: bool = False, has_levels: bool = False, has_offset: bool = False,
                  bias: bool = False, nm: tuple[int, int] | None = None, quant: QuantLayout | None = None,
-                 store_dtype: torch.dtype = torch.float16, compute_dtype: torch.dtype = torch.float32):
+                 value_codes: tuple[int, int] | None = None, store_dtype: torch.dtype = torch.float16,
+                 compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         m, n = out_features, in_features
         self.in_features, self.out_features = n, m
@@ -71,7 +75,10 @@ class SLaBLinear(nn.Module):
         elif nnz:
             self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
             self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8))
-        self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
+        if value_codes is None:
+            self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
+        else:
+            self._code_buffers(m, *value_codes, store_dtype)
         self.register_buffer("U", torch.zeros(m, rank, dtype=store_dtype) if rank else None)
         self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
         self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8)
@@ -81,6 +88,13 @@ class SLaBLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(m, dtype=store_dtype) if bias else None)
         if quant is not None:
             self._quant_buffers(quant, store_dtype)
+
+    def _code_buffers(self, m: int, bits: int, k: int, store_dtype: torch.dtype) -> None:
+        """Coded values of S: k codes of ``bits`` bits per row, a scale per row, the layout [q, k]."""
+        self.register_buffer("value_layout", torch.tensor([bits, k], dtype=torch.int32))
+        self.register_buffer("values", torch.zeros(m, packed_width(k, bits), dtype=torch.uint8))
+        scale_dtype = torch.float32 if store_dtype == torch.float32 else torch.float16
+        self.register_buffer("value_scales", torch.zeros(m, dtype=scale_dtype))
 
     def _quant_buffers(self, q: QuantLayout, store_dtype: torch.dtype) -> None:
         """Codes packed at ``bits`` bits, scales (and zero points) per row and group, the column
@@ -105,7 +119,10 @@ class SLaBLinear(nn.Module):
         sp = res.sparse
         pat = res.budget.pattern
         nm = (pat.n, pat.m) if pat.kind == "nm" and pat.m <= nm_codes.MAX_M else None
-        mod = cls(n, m, nnz=sp.nnz, rank=res.rank, has_signs=res.signs_packed is not None,
+        codes = res.sparse_codes
+        mod = cls(n, m, nnz=sp.nnz, rank=res.rank,
+                  value_codes=None if codes is None else (codes.bits, int(codes.shape[1])),
+                  has_signs=res.signs_packed is not None,
                   has_levels=res.levels is not None, has_offset=res.row_offset is not None,
                   bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype, nm=nm,
                   quant=None if res.quant is None else res.quant.layout)
@@ -121,7 +138,11 @@ class SLaBLinear(nn.Module):
         if res.quant is not None:
             mod._store_quant(res.quant, store_dtype)
         mod.rebuild_index()
-        mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
+        if codes is None:
+            mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
+        else:
+            mod.values.copy_(pack_uint(torch.as_tensor(codes.codes).cpu(), codes.bits))
+            mod.value_scales.copy_(torch.as_tensor(codes.scales).reshape(-1).to(mod.value_scales.dtype))
         if res.rank:
             mod.U.copy_(torch.as_tensor(res.U).to(store_dtype))
             mod.V.copy_(torch.as_tensor(res.V).to(store_dtype))
@@ -173,12 +194,15 @@ class SLaBLinear(nn.Module):
         m, n = shape
         U = state.get("U")
         with torch.device("meta"):  # no buffers to allocate and drop: the state's tensors are taken
+            layout = state.get("value_layout")
             mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
+                      value_codes=None if layout is None else tuple(int(v) for v in layout.tolist()),
                       has_signs="signs" in state, has_levels="levels" in state,
                       has_offset="row_offset" in state, bias="bias" in state,
                       nm=tuple(state["nm"].tolist()) if "nm" in state else None,
                       quant=cls._layout_of(state, (m, n)),
-                      store_dtype=state["values"].dtype, compute_dtype=compute_dtype)
+                      store_dtype=state["values" if layout is None else "value_scales"].dtype,
+                      compute_dtype=compute_dtype)
         mod.load_state_dict(state, strict=True, assign=True)
         mod.rebuild_index()
         return mod
@@ -196,8 +220,8 @@ class SLaBLinear(nn.Module):
         """Check that the stored pattern holds as many positions as there are values; forget what
         was derived from older buffers (the fused kernel's row offsets, a cached Ŵ)."""
         kept = int(self.positions().sum())
-        if kept != self.values.numel():
-            raise ValueError(f"mask holds {kept} entries but {self.values.numel()} values are stored")
+        if kept != self.nnz:
+            raise ValueError(f"mask holds {kept} entries but {self.nnz} values are stored")
         self._drop_derived()
 
     def _drop_derived(self) -> None:
@@ -225,7 +249,7 @@ class SLaBLinear(nn.Module):
         S = torch.zeros(self.out_features, self.in_features, dtype=dtype or self.compute_dtype,
                         device=self.values.device)
         if self.nnz:
-            S[self.positions()] = self.values.to(S.dtype)
+            S[self.positions()] = self.sparse_values(S.dtype)
         return S
 
     # ------------------------------------------------------------------ parts
@@ -235,14 +259,26 @@ class SLaBLinear(nn.Module):
 
     @property
     def nnz(self) -> int:
+        if hasattr(self, "value_layout"):
+            return self.out_features * int(self.value_layout[1])
         return int(self.values.numel())
+
+    def sparse_values(self, dtype=None) -> torch.Tensor:
+        """The kept values of S in row-major order (nnz), decoded from their codes when coded:
+        scale_i·(c − 2^(q−1))."""
+        dtype = dtype or self.compute_dtype
+        if not hasattr(self, "value_layout"):
+            return self.values.to(dtype)
+        bits, k = (int(v) for v in self.value_layout.tolist())
+        codes = unpack_uint(self.values, k, bits).to(dtype)
+        return (self.value_scales.to(dtype).reshape(-1, 1) * (codes - 2 ** (bits - 1))).reshape(-1)
 
     def sparse_csr(self, dtype=None) -> torch.Tensor:
         dtype = dtype or self.compute_dtype
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
             crow, col = self.csr_index()
-            return torch.sparse_csr_tensor(crow, col, self.values.to(dtype),
+            return torch.sparse_csr_tensor(crow, col, self.sparse_values(dtype),
                                            (self.out_features, self.in_features))
 
     def sign_matrix(self, dtype=None) -> torch.Tensor | None:
@@ -310,7 +346,8 @@ class SLaBLinear(nn.Module):
         return (fused.HAVE_NUMBA and not hasattr(self, "nm_codes") and self.levels is None
                 and not hasattr(self, "q_codes") and self.rank <= fused.MAX_RANK
                 and self.values.device.type == "cpu"
-                and self.values.dtype in (torch.float16, torch.bfloat16, torch.float32))
+                and (self.values.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                     or hasattr(self, "value_layout")))
 
     def fused_applies(self, xf: torch.Tensor) -> bool:
         """Whether :meth:`forward` takes the numba kernels for the rows ``xf`` (the fused one for at
@@ -367,8 +404,9 @@ class SLaBLinear(nn.Module):
         return sum(b.numel() * b.element_size() for b in self.state_dict().values())
 
     def extra_repr(self) -> str:
+        coded = f"value_bits={int(self.value_layout[0])}, " if hasattr(self, "value_layout") else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
-                f"rank={self.rank}, signs={self.signs is not None}")
+                f"{coded}rank={self.rank}, signs={self.signs is not None}")
 
 
 class _Packed:
@@ -385,7 +423,8 @@ class _Packed:
             (mod.mask[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
         counts = np.unpackbits(mask.reshape(m, -1), axis=1).sum(1) if has_mask else np.zeros(m)
         self.rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.values = self._values(mod.values.detach())
+        self.values = (mod.sparse_values(torch.float32).detach().numpy() if hasattr(mod, "value_layout")
+                       else self._values(mod.values.detach()))  # coded values: decoded to float32
         self.signs = (mod.signs.detach().reshape(-1).numpy() if mod.signs is not None
                       else np.zeros(0, np.uint8))
         self.V = (mod.V.detach().T.to(torch.float32).contiguous().numpy() if r

@@ -15,6 +15,7 @@ from .problem import Problem
 from .registry import get_method
 from .result import SolveResult, SparseMatrix
 from .signs import pack_signs
+from .solvers.sparse_refit import quantize_sparse_part
 from .weight import dense_weight
 
 
@@ -39,6 +40,8 @@ def solve(
     value_bits: int = 16,
     index_bits: int = 0,
     positions: str = "index",
+    sparse_bits: int | None = None,
+    sparse_refit: int = 2,
     max_iter: int | None = None,
     tol: float = 1e-6,
     seed: int = 0,
@@ -67,6 +70,11 @@ def solve(
     positions : "index" (the positions of S cost ι bits per value; ι = 0 is the paper's convention)
         or "bitmask" (they cost the m·n-bit mask, or the N:M codes, that the saved format stores, so
         the ratio is the ratio on disk; docs/formulation.md §4.6)
+    sparse_bits : q in 2..8 stores the kept values of S as q-bit codes with one b-bit scale per row
+        (``result.sparse_codes``; the budget counts q bits per value, docs/formulation.md §4.7);
+        ``None`` (default) stores them at b bits. "row" and N:M patterns only.
+    sparse_refit : with ``sparse_bits``, rounds of exact binary / low-rank / code steps that refit
+        L ⊙ B to the coded S after the solve (docs/formulation.md §5.6; never raises f)
     max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
         default (``slabopt.registry.get_method(method).default_max_iter``)
     tol : relative objective change that stops early
@@ -91,6 +99,7 @@ def solve(
     seed = check_int("seed", seed, 0)
     tol = check_real("tol", tol, 0.0)
     damping = check_real("damping", damping, 0.0)
+    sparse_refit = check_int("sparse_refit", sparse_refit, 0)
     layout = (None if info.quant_layout is None
               else info.quant_layout(tuple(Wc.shape), info.options_in_force(options)))
     bud = make_budget(
@@ -103,6 +112,7 @@ def solve(
         components=info.components,
         quant=layout,
         positions=positions,
+        sparse_bits=sparse_bits,
     )
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
@@ -122,6 +132,8 @@ def solve(
     )
     try:
         dec = info.func(problem, **options)
+        if bud.sparse_bits is not None:
+            dec = quantize_sparse_part(problem, dec, bud.sparse_bits, sparse_refit)
     finally:
         if progress:
             report.close()
@@ -138,6 +150,7 @@ def solve(
             value_bits=value_bits,
             index_bits=index_bits,
             positions=positions,
+            **({} if sparse_bits is None else {"sparse_bits": bud.sparse_bits, "sparse_refit": sparse_refit}),
             max_iter=max_iter,
             tol=tol,
             seed=seed,
@@ -186,7 +199,8 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
     if layout != bud.quant:
         raise RuntimeError(f"method {name!r} stored a quantised part {layout} but declared {bud.quant}")
     bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None,
-                        row_values, quant=layout, position_bits=bud.position_bits(sparse.nnz))
+                        row_values, quant=layout, position_bits=bud.position_bits(sparse.nnz),
+                        sparse_bits=None if dec.sparse_codes is None else dec.sparse_codes.bits)
     scale2 = problem.d_scale**2
     E = W - W_hat
     gram = problem.gram
@@ -215,4 +229,5 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         levels=dec.levels,
         row_offset=dec.row_offset,
         quant=dec.quant,
+        sparse_codes=dec.sparse_codes,
     )

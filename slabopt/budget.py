@@ -1,6 +1,7 @@
 """Exact storage budgets (docs/formulation.md §4).
 
     bits(Ŵ) = (b + ι)·nnz(S) + b·r·(m + n) + m·n        (last term only when B is stored)
+              ((q + ι)·nnz(S) + b·m with the values of S as q-bit codes, §4.7)
               + bits·m·n + b·(#scales + #zeros)            (a quantised part, §2.3)
               + m·n or m·(n/M)·⌈log₂ C(M, N)⌉             (positions="bitmask", §4.6)
     ratio   = 1 − bits(Ŵ) / (b·m·n)
@@ -64,6 +65,7 @@ class Budget:
     row_values: int = 0  # b-bit values stored per row (2 for a two-level code)
     quant: QuantLayout | None = None  # the quantised part, when the method stores one
     positions: str = "index"
+    sparse_bits: int | None = None  # q: the values of S as q-bit codes with a b-bit scale per row
 
     def position_bits(self, nnz: int | None = None) -> int:
         """Bits of the positions of S beyond ι per value: the bitmask (or N:M codes) when
@@ -77,7 +79,7 @@ class Budget:
         (+ the quantised part's bits) (+ the bitmask with ``positions="bitmask"``)."""
         return storage_bits(
             self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values,
-            quant=self.quant, position_bits=self.position_bits(),
+            quant=self.quant, position_bits=self.position_bits(), sparse_bits=self.sparse_bits,
         )
 
     @property
@@ -109,18 +111,24 @@ def storage_bits(
     *,
     quant: QuantLayout | None = None,
     position_bits: int = 0,
+    sparse_bits: int | None = None,
 ) -> int:
     """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m) (+ quant)
     (+ position_bits), exactly.
+
+    ``sparse_bits`` = q stores the values of S as q-bit codes with one b-bit scale per row
+    (docs/formulation.md §4.7): the first term becomes (q + ι)·nnz + [nnz > 0]·b·m.
 
     ``row_values`` counts b-bit values stored per row (2 for the two-level code of docs/formulation.md §2.1).
     ``quant`` is the layout of a quantised part: bits·m·n + b·(#scales + #zeros) (+ its group index).
     ``position_bits`` is a fixed count for the positions of S (:meth:`Budget.position_bits`).
     """
     m, n = shape
+    sparse = ((value_bits + index_bits) * nnz if sparse_bits is None
+              else (sparse_bits + index_bits) * nnz + (value_bits * m if nnz else 0))
     return (
         position_bits
-        + (value_bits + index_bits) * nnz
+        + sparse
         + value_bits * rank * (m + n)
         + (m * n if binary else 0)
         + value_bits * row_values * m
@@ -203,6 +211,7 @@ def budget(
     components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
     quant: QuantLayout | None = None,
     positions: str = "index",
+    sparse_bits: int | None = None,
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
@@ -228,6 +237,10 @@ def budget(
         bits, or ⌈log₂ C(M, N)⌉ bits per group for N:M; ``index_bits`` must then be 0). With
         "bitmask" the mask is charged before the values, so the ratio is the ratio on disk
         (docs/formulation.md §4.6).
+    sparse_bits : q in 2..8 stores the values of S as q-bit integer codes with one b-bit scale per
+        row (docs/formulation.md §4.7), so each kept entry costs q + ι bits and the scales b·m;
+        ``None`` (default) stores them at b bits. Only for the "row" and N:M patterns (an equal
+        count per row).
 
     Raises
     ------
@@ -258,6 +271,7 @@ def budget(
     binary = ("binary" in components and rank > 0) or twolevel
     row_values = 2 if twolevel else (1 if "offset" in components else 0)
     pat = parse_pattern(pattern)
+    sparse_bits = _check_sparse_bits(sparse_bits, pat, components)
     if pat.kind == "nm" and n % pat.m != 0:
         raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")
     if ratio is not None:
@@ -273,6 +287,8 @@ def budget(
         spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
         if mask and pat.kind != "nm" and -mask <= spare < 0:
             spare = Fraction(0)  # room for no bitmask: S stays empty and stores none
+        if sparse_bits is not None and pat.kind != "nm":
+            spare = max(spare - value_bits * m, Fraction(0)) if spare >= 0 else spare  # row scales
         if spare < 0 and quant is not None:
             raise InfeasibleBudgetError(_quant_message(quant, ratio, value_bits, fixed, dense))
         if spare < 0:
@@ -286,7 +302,8 @@ def budget(
         per_row = n // pat.m * pat.n
         nnz = m * per_row
     else:
-        k = min(math.floor(spare / (value_bits + index_bits)), m * n)
+        per_value = (value_bits if sparse_bits is None else sparse_bits) + index_bits
+        k = min(math.floor(spare / per_value), m * n)
         if pat.kind == "row":
             per_row = k // m
             nnz = per_row * m
@@ -305,4 +322,20 @@ def budget(
         row_values=row_values,
         quant=quant,
         positions=positions,
+        sparse_bits=sparse_bits,
     )
+
+
+SPARSE_BITS = (2, 8)  # the q allowed for codes of the values of S
+
+
+def _check_sparse_bits(sparse_bits: int | None, pat: Pattern, components: frozenset[str]) -> int | None:
+    """``None``, or q in [2, 8] for a method with a sparse part and an equal count per row."""
+    if sparse_bits is None:
+        return None
+    sparse_bits = check_int("sparse_bits", sparse_bits, *SPARSE_BITS)
+    if "sparse" not in components:
+        raise ValueError("sparse_bits quantises the values of S; this method stores no sparse part")
+    if pat.kind == "global":
+        raise ValueError('sparse_bits needs an equal count per row: pattern "row" or N:M, not "global"')
+    return sparse_bits

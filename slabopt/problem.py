@@ -100,6 +100,8 @@ class Decomposition:
     the dense ±1 matrix or a boolean matrix (True = +1); ``levels`` (2×m: row 0 low, row 1 high)
     is a per-row two-level code picked by B (True = high), ``row_offset`` (m) a per-row offset c,
     ``quant`` a :class:`slabopt.QuantizedMatrix` (integer codes with scales and zero points);
+    ``sparse_codes`` the kept values of S as an m×k :class:`slabopt.QuantizedMatrix` when they are
+    stored as codes (``sparse_bits``; then ``S`` holds the decoded values);
     parts a method does not store are ``None``. Together they give Ŵ =
     :func:`slabopt.dense_weight` (S, U, V, B, levels, row_offset, quant). ``history`` holds the
     objective the method minimises after each iteration.
@@ -113,6 +115,7 @@ class Decomposition:
     levels: Any = None
     row_offset: Any = None
     quant: Any = None
+    sparse_codes: Any = None
     history: list[float] = field(default_factory=list)
     converged: bool = True
     message: str = ""

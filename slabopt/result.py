@@ -68,6 +68,9 @@ class SolveResult:
     row_offset : per-row offset c (m values) added as c·1ᵀ, ``None`` unless stored ("slab_offset")
     quant : :class:`slabopt.QuantizedMatrix` (integer codes, scales, zero points) added as
         scale·(code − zero), ``None`` unless stored ("rtn", "gptq"; docs/formulation.md §2.3)
+    sparse_codes : the kept values of S as q-bit codes with a scale per row (m×k
+        :class:`slabopt.QuantizedMatrix`, symmetric, per output channel) when ``sparse_bits`` was
+        given; ``sparse.values`` then holds their decoded values (docs/formulation.md §4.7)
     signs_packed : B packed 8 signs per byte, m×ceil(n/8) uint8 (``None`` when B is not stored);
         see :func:`slabopt.signs.unpack_signs` and :meth:`signs`
     bits, ratio : achieved storage in bits and fraction of dense storage removed (docs/formulation.md §4)
@@ -108,6 +111,7 @@ class SolveResult:
     levels: Any = None
     row_offset: Any = None
     quant: QuantizedMatrix | None = None
+    sparse_codes: QuantizedMatrix | None = None
 
     @property
     def ratio(self) -> float:
