@@ -5,9 +5,10 @@ For inputs x (rows of X) the layer computes
     y = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·(Σ_j x_j) + bias,
 
 with S given by its bitmask (m×⌈n/8⌉ bytes, most significant bit first) and its values in row-major
-order, B by its packed signs (same layout, bit 1 = +1), U, V (m×r, n×r), the per-row offset c and
-the bias. Nothing of size m×n is formed and no column index is stored: a row's kept values start
-at ``rowptr[i]`` (m + 1 integers) and their columns are read from the mask bits.
+order (16- or 32-bit floats, or signed 8-bit codes whose row sums are multiplied by the row's scale
+σ_i: S_ij = σ_i·code_ij), B by its packed signs (same layout, bit 1 = +1), U, V (m×r, n×r), the
+per-row offset c and the bias. Nothing of size m×n is formed and no column index is stored: a
+row's kept values start at ``rowptr[i]`` (m + 1 integers) and their columns are read from the mask bits.
 
 Per row, 64 columns at a time (8 mask bytes):
 
@@ -129,7 +130,22 @@ if HAVE_NUMBA:
             consume(col, w, q)
             builder.store(builder.add(pv, builder.zext(builder.call(ctpop, [k]), _I64)), p)
 
-    _KIND = {"uint16": "f16", "int16": "bf16", "float32": "f32"}
+    def _sparse_step8(builder, vptr, p, bits, c, consume):
+        """One 64-column chunk of signed 8-bit codes: four 16-lane expansions, each converted to
+        float32 (see above)."""
+        vb = ir.VectorType(ir.IntType(1), 16)
+        v8 = ir.VectorType(ir.IntType(8), 16)
+        expand = _declare(builder, "llvm.masked.expandload.v16i8", v8, [ir.IntType(8).as_pointer(), vb, v8])
+        ctpop = _declare(builder, "llvm.ctpop.i16", _I16, [_I16])
+        for q in range(4):
+            k, lanes = _bits(builder, bits, 16 * q, 16)
+            pv = builder.load(p)
+            raw = builder.call(expand, [builder.gep(vptr, [pv]), lanes, ir.Constant(v8, None)])
+            col = builder.add(builder.mul(c, ir.Constant(_I64, 64)), ir.Constant(_I64, 16 * q))
+            consume(col, builder.sitofp(raw, _VF), q)
+            builder.store(builder.add(pv, builder.zext(builder.call(ctpop, [k]), _I64)), p)
+
+    _KIND = {"uint16": "f16", "int16": "bf16", "float32": "f32", "int8": "i8"}
 
     def _walk_sparse(builder, kind, vptr, p0_v, mptr, moff_v, nfull_v, consume):
         """Loop over a row's full 64-column chunks, handing each expanded value vector to ``consume``."""
@@ -139,6 +155,8 @@ if HAVE_NUMBA:
             bits = _chunk_bits(builder, mptr, builder.add(moff_v, builder.mul(c, ir.Constant(_I64, 8))))
             if kind == "f32":
                 _sparse_step32(builder, vptr, p, bits, c, consume)
+            elif kind == "i8":
+                _sparse_step8(builder, vptr, p, bits, c, consume)
             else:
                 _sparse_step16(builder, vptr, p, bits, c, consume, kind)
 
@@ -146,7 +164,7 @@ if HAVE_NUMBA:
     def _sparse_chunks(typingctx, vals, p0, mask, moff, x, xoff, nfull):
         """Σ_{j < 64·nfull, mask bit j set} value · x_j of one row: values from ``vals[p0]`` on,
         mask bytes from ``mask[moff]`` on, x from flat element ``xoff`` of ``x`` on. ``vals``
-        holds float32, IEEE half bits (uint16) or bfloat16 bits (int16)."""
+        holds float32, IEEE half bits (uint16), bfloat16 bits (int16) or signed codes (int8)."""
         sig = types.float32(vals, types.int64, mask, types.int64, x, types.int64, types.int64)
         kind = _KIND[str(vals.dtype)]
 
@@ -166,19 +184,26 @@ if HAVE_NUMBA:
 
         return sig, codegen
 
+    def _splat(builder, value):
+        """<16 x float> with every lane ``value``."""
+        v = builder.insert_element(ir.Constant(_VF, None), value, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+
     @intrinsic
-    def _sparse_scatter(typingctx, vals, p0, mask, moff, w, woff, nfull):
-        """w_j += value for every kept j < 64·nfull of one row (arguments as :func:`_sparse_chunks`)."""
-        sig = types.void(vals, types.int64, mask, types.int64, w, types.int64, types.int64)
+    def _sparse_scatter(typingctx, vals, p0, mask, moff, scale, w, woff, nfull):
+        """w_j += scale·value for every kept j < 64·nfull of one row (arguments as
+        :func:`_sparse_chunks`)."""
+        sig = types.void(vals, types.int64, mask, types.int64, types.float32, w, types.int64, types.int64)
         kind = _KIND[str(vals.dtype)]
 
         def codegen(context, builder, sig, args):
-            vals_a, p0_v, mask_a, moff_v, w_a, woff_v, nfull_v = args
-            wptr = _data(context, builder, sig.args[4], w_a, woff_v)
+            vals_a, p0_v, mask_a, moff_v, scale_v, w_a, woff_v, nfull_v = args
+            wptr = _data(context, builder, sig.args[5], w_a, woff_v)
+            splat = _splat(builder, scale_v)
 
             def consume(col, vec, slot):
                 at = builder.bitcast(builder.gep(wptr, [col]), _VF.as_pointer())
-                builder.store(builder.fadd(builder.load(at, align=4), vec), at, align=4)
+                builder.store(builder.fadd(builder.load(at, align=4), builder.fmul(vec, splat)), at, align=4)
 
             _walk_sparse(builder, kind, _data(context, builder, sig.args[0], vals_a), p0_v,
                          _data(context, builder, sig.args[2], mask_a), moff_v, nfull_v, consume)
@@ -243,9 +268,12 @@ if HAVE_NUMBA:
 
     @overload(_value)
     def _value_impl(vals, table, p):
-        """vals[p] as float32: directly, or through ``table`` (2^16 entries) for 16-bit codes."""
+        """vals[p] as float32: directly (float32, int8 codes), or through ``table`` (2^16 entries)
+        for 16-bit floats."""
         if vals.dtype == types.float32:
             return lambda vals, table, p: vals[p]
+        if vals.dtype == types.int8:
+            return lambda vals, table, p: np.float32(vals[p])
         return lambda vals, table, p: table[np.uint16(vals[p])]
 
     def _sparse_tail(vals, table, p_end, mask, moff, x, g0, nb, n):
@@ -273,9 +301,10 @@ if HAVE_NUMBA:
     def _kernel(vals, table, rowptr, mask, signs, X, V, aux, flags, out):
         """out[b, i] = y_bi for every row b of X and every output i (see the module docstring).
 
-        V is r×n (float32), ``aux`` m×(r+2) float32 holding [U | c | bias], ``flags`` the four
-        switches (sparse part, signs, row offset, bias). The row body is written out here, not
-        called: a call passing arrays costs reference counting per row."""
+        V is r×n (float32), ``aux`` m×(r+3) float32 holding [U | c | bias | σ] (σ the row scale of
+        coded values, 1 otherwise), ``flags`` the four switches (sparse part, signs, row offset,
+        bias). The row body is written out here, not called: a call passing arrays costs
+        reference counting per row."""
         rows, n = X.shape
         r = V.shape[0]
         nb = (n + 7) // 8
@@ -295,9 +324,10 @@ if HAVE_NUMBA:
             for b in range(rows):
                 acc = np.float32(0.0)
                 if flags[0]:
-                    acc += _sparse_chunks(vals, rowptr[i], mask, i * nb, X, b * n, nfull)
+                    sx = _sparse_chunks(vals, rowptr[i], mask, i * nb, X, b * n, nfull)
                     if tail:
-                        acc += _sparse_tail(vals, table, rowptr[i + 1], mask, i * nb, X[b], 8 * nfull, nb, n)
+                        sx += _sparse_tail(vals, table, rowptr[i + 1], mask, i * nb, X[b], 8 * nfull, nb, n)
+                    acc += aux[i, r + 2] * sx
                 for k in range(r):
                     bz = zsum[b, k]
                     if flags[1]:
@@ -322,13 +352,13 @@ if HAVE_NUMBA:
                 b >>= 1
         return p
 
-    def _scatter_tail(vals, table, p_end, mask, moff, w, nfull):
-        """w_j += value for the kept columns j ≥ 64·nfull of a row (values ending at p_end)."""
+    def _scatter_tail(vals, table, p_end, mask, moff, scale, w, nfull):
+        """w_j += scale·value for the kept columns j ≥ 64·nfull of a row (values ending at p_end)."""
         n = w.shape[0]
         p = _tail_start(mask, moff, 8 * nfull, (n + 7) // 8, p_end)
         for j in range(64 * nfull, n):
             if (mask[moff + (j >> 3)] >> (7 - (j & 7))) & 1:
-                w[j] += _value(vals, table, p)
+                w[j] += scale * _value(vals, table, p)
                 p += 1
 
     def _decode(vals, table, rowptr, mask, signs, V, aux, flags, i0, W):
@@ -351,9 +381,9 @@ if HAVE_NUMBA:
                     for j in range(n):
                         W[t, j] += a * V[k, j]
             if flags[0]:
-                _sparse_scatter(vals, rowptr[i], mask, i * nb, W, t * n, nfull)
+                _sparse_scatter(vals, rowptr[i], mask, i * nb, aux[i, r + 2], W, t * n, nfull)
                 if 64 * nfull < n:
-                    _scatter_tail(vals, table, rowptr[i + 1], mask, i * nb, W[t], nfull)
+                    _scatter_tail(vals, table, rowptr[i + 1], mask, i * nb, aux[i, r + 2], W[t], nfull)
 
     _tail_start = njit(inline="always", cache=True)(_tail_start)
     _scatter_tail = njit(inline="always", cache=True)(_scatter_tail)
@@ -401,10 +431,11 @@ def fused_matmul(vals: np.ndarray, rowptr: np.ndarray, mask: np.ndarray, signs: 
                  threads: int = 1) -> np.ndarray:
     """Y (rows × m, float32) with Y[b] = S x_b + Σ_k u_k ⊙ (B (v_k ⊙ x_b)) + c·Σ_j x_bj + bias.
 
-    ``vals``: kept values in row-major order, float32, IEEE half bits (uint16) or bfloat16 bits
-    (int16); ``rowptr``: m + 1 offsets into ``vals``; ``mask``, ``signs``: the packed bits,
+    ``vals``: kept values in row-major order, float32, IEEE half bits (uint16), bfloat16 bits
+    (int16) or signed codes (int8, multiplied by the row scale σ); ``rowptr``: m + 1 offsets into
+    ``vals``; ``mask``, ``signs``: the packed bits,
     flattened (m·⌈n/8⌉ bytes); ``X``: rows × n float32 (C order); ``V``: r×n float32; ``aux``:
-    m×(r+2) float32 [U | c | bias]; ``flags``: int8 [sparse, signs, offset, bias].
+    m×(r+3) float32 [U | c | bias | σ]; ``flags``: int8 [sparse, signs, offset, bias].
     """
     table = _table_for(vals)
     out = np.empty((X.shape[0], aux.shape[0]), np.float32)

@@ -410,8 +410,9 @@ class SLaBLinear(nn.Module):
 
 
 class _Packed:
-    """What the fused kernel reads: numpy views of ``values``, ``mask`` and ``signs``, the row
-    offsets into ``values`` (m + 1 int64), V (r×n), [U | c | bias] (m×(r+2)) in float32, and the
+    """What the fused kernel reads: numpy views of ``values``, ``mask`` and ``signs`` (coded values
+    as signed codes c − 2^(q−1), one byte each), the row offsets into ``values`` (m + 1 int64), V
+    (r×n), [U | c | bias | σ] (m×(r+3), σ the row scale of coded values or 1) in float32, and the
     switches [sparse part, signs, offset, bias]."""
 
     def __init__(self, mod: SLaBLinear):
@@ -423,15 +424,16 @@ class _Packed:
             (mod.mask[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
         counts = np.unpackbits(mask.reshape(m, -1), axis=1).sum(1) if has_mask else np.zeros(m)
         self.rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.values = (mod.sparse_values(torch.float32).detach().numpy() if hasattr(mod, "value_layout")
-                       else self._values(mod.values.detach()))  # coded values: decoded to float32
+        coded = hasattr(mod, "value_layout")
+        self.values = _signed_codes(mod) if coded else self._values(mod.values.detach())
         self.signs = (mod.signs.detach().reshape(-1).numpy() if mod.signs is not None
                       else np.zeros(0, np.uint8))
         self.V = (mod.V.detach().T.to(torch.float32).contiguous().numpy() if r
                   else np.zeros((0, n), np.float32))
-        aux = torch.zeros(m, r + 2, dtype=torch.float32)
+        aux = torch.zeros(m, r + 3, dtype=torch.float32)
         if r:
             aux[:, :r] = mod.U.detach().to(torch.float32)
+        aux[:, r + 2] = mod.value_scales.detach().to(torch.float32) if coded else 1.0
         for col, t in ((r, mod.row_offset), (r + 1, mod.bias)):
             if t is not None:
                 aux[:, col] = t.detach().to(torch.float32)
@@ -446,3 +448,20 @@ class _Packed:
         if values.dtype in _CODE_VIEWS:
             return values.view(torch.int16).numpy().view(_CODE_VIEWS[values.dtype])
         return values.numpy()
+
+
+CODE_ROWS = 256  # rows of q-bit codes unpacked at a time (the unpacking makes 8-byte temporaries)
+
+
+def _signed_codes(mod: SLaBLinear) -> np.ndarray:
+    """The coded values of S as int8 codes c − 2^(q−1), row-major (one byte per value): for q = 8
+    the stored bytes themselves with the top bit flipped, else unpacked ``CODE_ROWS`` rows at a time."""
+    bits, k = (int(v) for v in mod.value_layout.tolist())
+    packed = mod.values.detach()
+    if bits == 8:
+        return np.bitwise_xor(packed.numpy(), np.uint8(0x80)).view(np.int8).reshape(-1)
+    out = np.empty((packed.shape[0], k), np.int8)
+    for i0 in range(0, packed.shape[0], CODE_ROWS):
+        codes = unpack_uint(packed[i0 : i0 + CODE_ROWS], k, bits) - (1 << (bits - 1))
+        out[i0 : i0 + CODE_ROWS] = codes.to(torch.int8).numpy()
+    return out.reshape(-1)

@@ -38,18 +38,21 @@ def coded_result(m=24, n=43, q=4, rank=1, ratio=0.6, pattern="row"):
 
 @pytest.mark.parametrize("q", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("rank", [0, 1, 3])
-def test_layer_stores_codes_and_decodes_them_exactly(q, rank):
-    res = coded_result(q=q, rank=rank)
+@pytest.mark.parametrize("n", [43, 200])  # the bit-by-bit tail only; three 64-column chunks and a tail
+def test_layer_stores_codes_and_decodes_them_exactly(q, rank, n):
+    res = coded_result(q=q, rank=rank, n=n)
     mod = SLaBLinear.from_result(res)
     m, k = res.sparse_codes.shape
     assert mod.values.dtype == torch.uint8 and tuple(mod.values.shape) == (m, math.ceil(k * q / 8))
     assert mod.value_scales.dtype == torch.float16 and mod.nnz == res.sparse.nnz
     torch.testing.assert_close(mod.sparse_dense(), res.sparse.to_dense(), rtol=0, atol=0)
-    x = torch.randn(5, 43, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(5, n, generator=torch.Generator().manual_seed(1))
     want = x @ mod.reconstruct().T
     torch.testing.assert_close(mod.reference_forward(x), want, rtol=1e-5, atol=1e-6)
     if fused.HAVE_NUMBA:
         assert mod.fused_supported()
+        kept = mod._packed_parts().values  # the kernel reads one signed byte per value
+        assert kept.dtype == np.int8 and kept.nbytes == mod.nnz
         torch.testing.assert_close(mod.fused_forward(x[:2]), want[:2], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mod.blocked_forward(x), want, rtol=1e-5, atol=1e-6)
 
