@@ -21,8 +21,9 @@ and B by :func:`slabopt.unpack_signs`.
 
 Forward, y = Ŵ x + bias = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias, by one of:
 
-- where numba is installed and the layout allows (bitmask or no S, rank ≤ ``fused.MAX_RANK``, no
-  two-level codes, no quantised part, on the CPU), from the packed parts (:mod:`.fused`): for up to
+- where numba is installed and the layout allows (rank ≤ ``fused.MAX_RANK``, no two-level codes,
+  no quantised part, on the CPU), from the packed parts (:mod:`.fused`; N:M codes are decoded once
+  into a bitmask, 1 bit per weight in memory): for up to
   ``fused.max_rows(m, n)`` input rows (2 or 4) the fused kernel, with no m×n temporary and no
   column index; for more rows (prefill) Ŵ rebuilt a block of rows at a time, each block used in
   one matmul and dropped. Kept between calls: the row offsets into ``values`` (m + 1 integers) and
@@ -341,9 +342,9 @@ class SLaBLinear(nn.Module):
         return self._add_bias(y)
 
     def fused_supported(self) -> bool:
-        """Whether the fused kernel can compute this layer (numba installed, bitmask or no sparse
-        part, no two-level codes or quantised part, rank ≤ ``fused.MAX_RANK``, on the CPU)."""
-        return (fused.HAVE_NUMBA and not hasattr(self, "nm_codes") and self.levels is None
+        """Whether the fused kernel can compute this layer (numba installed, no two-level codes or
+        quantised part, rank ≤ ``fused.MAX_RANK``, on the CPU)."""
+        return (fused.HAVE_NUMBA and self.levels is None
                 and not hasattr(self, "q_codes") and self.rank <= fused.MAX_RANK
                 and self.values.device.type == "cpu"
                 and (self.values.dtype in (torch.float16, torch.bfloat16, torch.float32)
@@ -417,11 +418,14 @@ class _Packed:
 
     def __init__(self, mod: SLaBLinear):
         m, n, r = mod.out_features, mod.in_features, mod.rank
-        has_mask = hasattr(mod, "mask") and mod.nnz > 0
-        mask = mod.mask.detach().reshape(-1).numpy() if has_mask else np.zeros(0, np.uint8)
+        has_mask = (hasattr(mod, "mask") or hasattr(mod, "nm_codes")) and mod.nnz > 0
+        if has_mask and hasattr(mod, "nm_codes"):  # N:M codes: decoded once into a bitmask
+            mask = pack_signs(mod.positions()).reshape(-1).numpy()
+        else:
+            mask = mod.mask.detach().reshape(-1).numpy() if has_mask else np.zeros(0, np.uint8)
         self.mask = mask
         self.ok = not (has_mask and n % 8 and bool(
-            (mod.mask[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
+            (mask.reshape(m, -1)[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
         counts = np.unpackbits(mask.reshape(m, -1), axis=1).sum(1) if has_mask else np.zeros(m)
         self.rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         coded = hasattr(mod, "value_layout")

@@ -153,9 +153,25 @@ def test_fused_forward_of_every_layout(method, n):
             _check(mod, mod.blocked_forward(x), x)
 
 
-@pytest.mark.parametrize(("method", "pattern"), [("alternating", "2:4"), ("two_level", "row")])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+@pytest.mark.parametrize(("m", "n", "rank"), [(16, 40, 2), (24, 136, 1), (9, 64, 0)])
+def test_nm_layers_are_fused(pattern, m, n, rank):
+    """N:M combination codes are decoded once into the kernel's bitmask."""
+    _need_numba()
+    mod = _solved(m, n, rank, pattern=pattern, seed=n)
+    assert hasattr(mod, "nm_codes") and mod.fused_supported()
+    assert mod._packed_parts() is not None
+    for rows in (1, 3, 64):
+        x = torch.randn(rows, n)
+        with torch.no_grad():
+            _check(mod, mod.fused_forward(x), x)
+            _check(mod, mod.blocked_forward(x), x)
+            _check(mod, mod(x), x)
+
+
+@pytest.mark.parametrize(("method", "pattern"), [("two_level", "row")])
 def test_unsupported_layouts_take_the_reference(method, pattern):
-    """N:M codes and two-level codes are computed by the torch reference, with the same result."""
+    """Two-level codes are computed by the torch reference, with the same result."""
     mod = _solved(16, 40, 2, method, pattern=pattern)
     assert not mod.fused_supported()
     x = torch.randn(3, 40)
