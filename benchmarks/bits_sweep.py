@@ -147,6 +147,21 @@ def run(args) -> None:
     OUT_JSON.write_text(json.dumps(done, indent=1))
 
 
+def series(p: dict) -> str:
+    """The plot line of a point: its method, with "q-bit S" for coded sparse values."""
+    return p["method"] + (", q-bit S (best q)" if "--sparse-bits" in p.get("args", []) else "")
+
+
+def best_per_target(mine: list[dict]) -> list[dict]:
+    """For coded points: the lowest perplexity among the q tried at each target size."""
+    best: dict[str, dict] = {}
+    for p in mine:
+        target = p["label"].rsplit(" ", 2)[-2]
+        if target not in best or p["perplexity"] < best[target]["perplexity"]:
+            best[target] = p
+    return list(best.values())
+
+
 def report(_args) -> None:
     import matplotlib
 
@@ -161,10 +176,11 @@ def report(_args) -> None:
         print(f"| {p['method']} | {p['label']} | {p['bits_per_weight']:.3f} | {p['perplexity']:.3f} | "
               f"{p['perplexity'] / dense:.2f} |")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for method in sorted({p["method"] for p in pts} - {"dense"}):
-        mine = sorted((p for p in pts if p["method"] == method), key=lambda p: p["bits_per_weight"])
-        ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine], "o-", label=method,
-                ms=4)
+    for name in sorted({series(p) for p in pts} - {"dense"}):
+        mine = [p for p in pts if series(p) == name]
+        mine = sorted(best_per_target(mine) if "q-bit" in name else mine, key=lambda p: p["bits_per_weight"])
+        ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine],
+                "s--" if "q-bit" in name else "o-", label=name, ms=4)
     ax.axhline(dense, color="k", ls=":", label=f"dense fp16 ({dense:.2f})")
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight on disk (linear layers, all metadata counted)")

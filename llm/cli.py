@@ -42,6 +42,12 @@ def _arg_type(check: Callable, name: str, *bounds) -> Callable[[str], object]:
 RATIO = _arg_type(check_ratio, "ratio")
 NONNEG = _arg_type(check_int, "value", 0)
 POSITIVE = _arg_type(check_int, "value", 1)
+_SPARSE_Q = _arg_type(check_int, "sparse bits", 2, 8)
+
+
+def SPARSE_BITS(s: str) -> int | None:
+    """``--sparse-bits``: an integer from 2 to 8, or "none" (values at --value-bits bits)."""
+    return None if s.strip().lower() == "none" else _SPARSE_Q(s)
 
 
 def _option(s: str) -> tuple[str, object]:
@@ -268,10 +274,10 @@ def _budget_args(sp, compare: bool) -> None:
                          "convention; the saved bitmask then adds 1 bit per weight on disk), bitmask = "
                          "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk "
                          "(default: %(default)s)")
-    sp.add_argument("--sparse-bits", type=int, default=None, metavar="Q", choices=range(2, 9),
+    sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=None, metavar="Q",
                     help="store the kept values of S as Q-bit integer codes (Q = 2..8) with one 16-bit "
-                         "scale per row, so the budget keeps about 16/Q times as many of them; "
-                         "sparsity methods only (default: values at --value-bits bits)")
+                         "scale per row, so the budget keeps about 16/Q times as many of them; none = "
+                         "values at --value-bits bits; sparsity methods only (default: none)")
 
 
 def distributed_timeout() -> int:

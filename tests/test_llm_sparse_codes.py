@@ -111,7 +111,7 @@ def test_cli_sparse_bits(tmp_path, capsys):
     base = ["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "1"]
     with pytest.raises(SystemExit) as exc:
         cli.main([*base, "--sparse-bits", "9", "--out", str(tmp_path / "a")])
-    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert exc.value.code == 2 and "sparse bits must be in [2, 8], got 9" in capsys.readouterr().err
     code = cli.main([*base, "--method", "rtn", "--sparse-bits", "4", "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert code == 2 and "stores no sparse part" in err and "Traceback" not in err
