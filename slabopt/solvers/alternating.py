@@ -12,11 +12,18 @@ With ``variant="weighted"`` every step is an exact block minimiser, so f never i
 (the descent corollary); a randomized SVD is only accepted when it does not raise f.
 The loop works in four reused m×n buffers and evaluates f from the factors (see
 :func:`weighted_objectives`), so one iteration costs about a dozen m×n passes plus the SVD.
+
+On NumPy CPU arrays with the "row" pattern, when numba is installed, the sparse, binary and
+SVD-target steps of an iteration run as one pass over the rows instead (:mod:`slabopt._kernels`,
+option ``kernel``); it performs the same floating-point operations, so the iterates are the
+reference loop's bit for bit. Everything else (the SVD, the objectives, the descent safeguard) is
+shared by both loops.
 """
 
 from __future__ import annotations
 
 from .. import _backend as bk
+from .. import _kernels
 from .._validation import check_choice, check_int
 from ..linalg import SVD_METHODS, outer, truncated_svd
 from ..objective import diagonal_objective
@@ -26,6 +33,7 @@ from ..registry import register_method
 from ..signs import sign_pm1, sign_pm1_into
 
 VARIANTS = ("weighted", "paper")
+KERNELS = ("auto", "numba", "numpy")
 
 
 def sparse_mask(problem: Problem, E, out=None, work=None):
@@ -171,8 +179,26 @@ def lowrank_step(
     and Q, the right singular vectors, to warm-start the next sketch. ``overwrite=True`` turns
     ``RB`` into the SVD target M of :func:`svd_target` in place.
     """
-    xp = problem.xp
     M = svd_target(problem, RB, weighted=weighted, overwrite=overwrite)
+    return lowrank_factors(problem, M, rank, weighted=weighted, svd=svd, oversample=oversample,
+                           power_iters=power_iters, seed=seed, start=start)
+
+
+def lowrank_factors(
+    problem: Problem,
+    M,
+    rank: int,
+    *,
+    weighted: bool = True,
+    svd: str = "exact",
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    start=None,
+):
+    """(U, V, Q) of :func:`lowrank_step` from the SVD target M itself: M ≈ P Σ Qᵀ (rank r),
+    U = P Σ^½, V = Q Σ^½ (times D⁻¹ when ``weighted``)."""
+    xp = problem.xp
     P, s, Q = truncated_svd(
         M,
         rank,
@@ -189,6 +215,22 @@ def lowrank_step(
     return P * root, V, Q
 
 
+def use_kernel(problem: Problem, kernel: str) -> bool:
+    """Whether the loop runs the numba row kernel: ``"auto"`` when it is available and applies
+    (:func:`slabopt._kernels.applies`), ``"numba"`` demands it (ValueError otherwise), ``"numpy"``
+    never."""
+    if kernel == "numpy":
+        return False
+    budget = problem.budget
+    fits = _kernels.applies(problem.W, budget.pattern.kind, budget.nnz_per_row, budget.rank)
+    fits = fits and isinstance(problem.d, type(problem.W)) and problem.d.dtype == problem.W.dtype
+    if kernel == "numba" and not (_kernels.available() and fits):
+        why = "numba is not installed or SLABOPT_KERNELS=0" if not _kernels.available() else (
+            "it needs a NumPy float32/float64 W, the row pattern with 0 < k < n and rank >= 1")
+        raise ValueError(f"kernel='numba' cannot run here: {why}")
+    return fits and _kernels.available()
+
+
 @register_method(
     "alternating",
     description="S + L⊙B by exact block coordinate descent on ‖(W − Ŵ)D‖² (SLaB, Algorithm 1)",
@@ -202,6 +244,7 @@ def alternating(
     power_iters: int = 2,
     oversample: int = 10,
     warm_start: bool = True,
+    kernel: str = "auto",
 ) -> Decomposition:
     """Alternate the sparse, binary and low-rank steps (docs/formulation.md §5.1-§5.4).
 
@@ -211,11 +254,14 @@ def alternating(
     svd : "auto" (randomized when r + p ≤ min(m, n)/4), "exact" or "randomized"
     power_iters, oversample : randomized range finder settings (q and p)
     warm_start : start each sketch from the previous iteration's right singular vectors
+    kernel : "auto" (the numba row kernel when installed and applicable, else NumPy), "numba"
+        (demand the kernel) or "numpy" (the reference array-API loop); same iterates either way
     """
     variant = check_choice("variant", variant, VARIANTS)
     svd = check_choice("svd", svd, SVD_METHODS)
     power_iters = check_int("power_iters", power_iters, 0)
     oversample = check_int("oversample", oversample, 0)
+    kernel = check_choice("kernel", kernel, KERNELS)
     xp, budget, d = problem.xp, problem.budget, problem.d
     r = budget.rank
     weighted = variant == "weighted"
@@ -226,6 +272,9 @@ def alternating(
         problem.report(1, f)
         return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
 
+    svd_options = dict(svd=svd, oversample=oversample, power_iters=power_iters, warm_start=warm_start)
+    if use_kernel(problem, kernel):
+        return fused_loop(problem, weighted, **svd_options)
     W = problem.W
     # Four reused m×n buffers (no m×n temporaries in the rank-1 loop):
     #   SE: E = W − L⊙B, then S = mask ⊙ E      R: sparse scores, then R = W − S
@@ -283,6 +332,55 @@ def alternating(
         U=U,
         V=V,
         B=B,
+        history=history,
+        converged=converged,
+        message=problem.stop_message(converged),
+    )
+
+
+def fused_loop(
+    problem: Problem,
+    weighted: bool,
+    *,
+    svd: str,
+    oversample: int,
+    power_iters: int,
+    warm_start: bool,
+) -> Decomposition:
+    """The loop of :func:`alternating` with the sparse, binary and SVD-target steps of each
+    iteration done by one row pass of :class:`slabopt._kernels.RowKernel` (same iterates)."""
+    budget, r = problem.budget, problem.budget.rank
+    kern = _kernels.RowKernel(problem.W, problem.d, budget.nnz_per_row, weighted)
+    scratch = None  # m×n, only touched when an objective must be evaluated explicitly
+    U = V = L = Q_prev = None
+    history: list[float] = []
+    converged = False
+    for it in range(problem.max_iter):
+        kern.step(U, V, L)  # S, B and M = (R ⊙ B) D of this iteration
+        U_new, V_new, Q = lowrank_factors(
+            problem, kern.M, r, weighted=weighted, svd=svd, oversample=oversample,
+            power_iters=power_iters, seed=problem.seed + it, start=Q_prev if warm_start else None,
+        )
+        if scratch is None:
+            scratch = problem.xp.empty_like(problem.W)
+        if weighted:
+            old = None if U is None else (U, V)
+            f, keep = weighted_objectives(problem, kern.M, (U_new, V_new), old, scratch)
+        else:
+            f, keep = weighted_error(problem, kern.M, outer(U_new, V_new), out=scratch), False
+        if not keep:
+            U, V = U_new, V_new
+            L = None if r == 1 else outer(U, V)
+        Q_prev = Q
+        if problem.record(history, f):
+            converged = True
+            break
+    return Decomposition(
+        S=kern.sparse(out=kern.M),  # M is not needed any more: its buffer takes S
+        mask=kern.mask,
+        U=U,
+        V=V,
+        B=kern.signs(),
         history=history,
         converged=converged,
         message=problem.stop_message(converged),
