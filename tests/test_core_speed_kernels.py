@@ -219,3 +219,19 @@ def test_use_kernel_rule():
     assert not _kernels.applies(W.astype(np.float16), "row", 3, 1)
     assert not _kernels.applies(W, "row", 0, 1) and not _kernels.applies(W, "row", 20, 1)
     assert not _kernels.applies(W, "row", 3, 0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 31, 576, 1001])
+def test_numpy_sign_packing_equals_the_array_api_path(n):
+    """pack_signs on NumPy (numpy.packbits) gives the bytes of the generic path (torch here)."""
+    torch = pytest.importorskip("torch")
+    from slabopt.signs import pack_signs, unpack_signs
+
+    b = np.random.default_rng(n).standard_normal((5, n))
+    b[0, 0], b[1, 0] = 0.0, -0.0  # sign(±0) = +1
+    want = pack_signs(torch.from_numpy(b)).numpy()
+    for form in (b, b >= 0, np.where(b >= 0, 1.0, -1.0).astype(np.float32)):
+        got = pack_signs(form)
+        assert got.dtype == np.uint8 and got.shape == (5, (n + 7) // 8)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(unpack_signs(want, n, np.float64), np.where(b >= 0, 1.0, -1.0))
