@@ -275,14 +275,15 @@ def child(kind: str, folder: str | None, dtype: str, threads: int, new_tokens: i
             "loadavg": os.getloadavg()[0], "text": text}
 
 
-def bench_model(folders: dict[str, str], new_tokens: int = 32, reps: int = 3, rounds: int = 2) -> list[dict]:
+def bench_model(folders: dict[str, str], new_tokens: int = 32, reps: int = 3, rounds: int = 2,
+                threads_list: tuple[int, ...] = THREADS) -> list[dict]:
     """Every configuration in a fresh subprocess, all of them once per round (so that a change of
     the machine's load hits every configuration alike)."""
     configs = [("dense", None, "float32", None), ("dense", None, "bfloat16", None)]
     for ratio, folder in folders.items():
         configs += [("compressed", folder, "float32", ratio), ("compressed", folder, "bfloat16", ratio)]
     rows = []
-    for rnd, threads in [(r, t) for r in range(rounds) for t in THREADS]:
+    for rnd, threads in [(r, t) for r in range(rounds) for t in threads_list]:
         for kind, folder, dtype, ratio in configs:
             cmd = [sys.executable, "-m", "benchmarks.decode_speed", "child", "--kind", kind, "--dtype", dtype,
                    "--threads", str(threads), "--new-tokens", str(new_tokens), "--reps", str(reps)]
@@ -353,14 +354,15 @@ def tables() -> str:
             cells += [f"{fused / r[v]['median_ms']:.2f}" for v in names[:2]]
             out.append(f"| {r['layer']} | {r['shape'][0]}×{r['shape'][1]} | {r['ratio']} | "
                        + " | ".join(cells) + " |")
-    if "model" in data:
-        out += ["\n**Whole model, SmolLM2-135M, greedy `generate`** (tokens/s: median of 3 runs in each "
-                "of two rounds, and the best run; memory in MiB after generating, of the last round)\n",
+    for part in (p for p in data if p.startswith("model")):
+        out += [f"\n**Whole model (`{part}`), SmolLM2-135M, greedy `generate`** (tokens/s: median of 3 "
+                "runs in each of two rounds, and the best run; memory in MiB after generating, of the last "
+                "round)\n",
                 "| model | weights dtype | threads | tokens/s round 1 (median) | round 2 (median) | best | "
                 "tensors | RSS | RSS after malloc_trim | of which file pages | anonymous | shared libs |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict = {}
-        for r in data["model"]["rows"]:
+        for r in data[part]["rows"]:
             groups.setdefault((r["kind"], r.get("ratio"), r["dtype"], r["threads"]), []).append(r)
         for (kind, ratio, dtype, threads), rs in groups.items():
             ok = [r for r in rs if "timed_out_s" not in r]
@@ -392,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     mod.add_argument("--new-tokens", type=int, default=32)
     mod.add_argument("--reps", type=int, default=3)
     mod.add_argument("--rounds", type=int, default=2)
+    mod.add_argument("--threads", type=int, nargs="+", default=list(THREADS), help="thread counts to run")
+    mod.add_argument("--part", default="model", help="entry of the results file to write (default: model)")
     ch = sub.add_parser("child")
     ch.add_argument("--kind", choices=["dense", "compressed"], required=True)
     ch.add_argument("--folder")
@@ -411,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "model":
         info = _machine()
         folders = dict(f.split("=", 1) for f in args.folder)
-        rows = bench_model(folders, args.new_tokens, args.reps, args.rounds)
-        _save("model", {"machine": {**info, "loadavg_end": os.getloadavg()}, "command": " ".join(sys.argv),
+        rows = bench_model(folders, args.new_tokens, args.reps, args.rounds, tuple(args.threads))
+        _save(args.part, {"machine": {**info, "loadavg_end": os.getloadavg()}, "command": " ".join(sys.argv),
                         "rows": rows})
     elif args.cmd == "child":
         print(json.dumps(child(args.kind, args.folder, args.dtype, args.threads, args.new_tokens, args.reps)))

@@ -7,10 +7,11 @@ Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on 
   group (``nm_codes``, ⌈log₂ C(M, N)⌉ bits per M entries, with ``nm`` = [N, M]; see
   :mod:`.nm_codes`) -- either cheaper on disk than 16-bit column indices whenever
   more than 1/16 of the entries are kept); with coded values (``sparse_bits`` = q) ``values`` holds
-  the k kept values of each row as q-bit codes packed row by row (m×⌈k·q/8⌉ uint8), with one scale
-  per row ``value_scales`` (float16, float32 for 32-bit models) and ``value_layout`` = [q, k]:
-  value = scale·(code − 2^(q−1)) (docs/formulation.md §4.7); CSR index arrays (int64) are built only when the
-  factored forward first needs them (``_csr``, not saved),
+  the k kept values of each row as signed q-bit integers t = c − 2^(q−1) in two's complement, packed
+  row by row (m×⌈k·q/8⌉ uint8; for q = 8 simply one int8 per value), with one scale per row
+  ``value_scales`` (float16, float32 for 32-bit models) and ``value_layout`` = [q, k]: value =
+  scale·t (docs/formulation.md §4.7); CSR index arrays (int64) are built only when the factored
+  forward first needs them (``_csr``, not saved),
 - ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
 - ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
 - optional two-level codes ``levels`` (2×m: low, high), a per-row offset ``row_offset`` (m) and
@@ -142,7 +143,8 @@ class SLaBLinear(nn.Module):
         if codes is None:
             mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
         else:
-            mod.values.copy_(pack_uint(torch.as_tensor(codes.codes).cpu(), codes.bits))
+            twos = torch.as_tensor(codes.codes).cpu().to(torch.int64) ^ (1 << (codes.bits - 1))  # c − 2^(q−1)
+            mod.values.copy_(pack_uint(twos, codes.bits))
             mod.value_scales.copy_(torch.as_tensor(codes.scales).reshape(-1).to(mod.value_scales.dtype))
         if res.rank:
             mod.U.copy_(torch.as_tensor(res.U).to(store_dtype))
@@ -264,15 +266,18 @@ class SLaBLinear(nn.Module):
             return self.out_features * int(self.value_layout[1])
         return int(self.values.numel())
 
+    def signed_codes(self, rows: slice = slice(None)) -> torch.Tensor:
+        """The coded values of S of ``rows`` as signed integers t = c − 2^(q−1) (rows × k, int64)."""
+        bits, k = (int(v) for v in self.value_layout.tolist())
+        u = unpack_uint(self.values[rows], k, bits)
+        return u - ((u >> (bits - 1)) << bits)  # two's complement: u ≥ 2^(q−1) stands for u − 2^q
+
     def sparse_values(self, dtype=None) -> torch.Tensor:
-        """The kept values of S in row-major order (nnz), decoded from their codes when coded:
-        scale_i·(c − 2^(q−1))."""
+        """The kept values of S in row-major order (nnz), decoded when coded: scale_i·t_ij."""
         dtype = dtype or self.compute_dtype
         if not hasattr(self, "value_layout"):
             return self.values.to(dtype)
-        bits, k = (int(v) for v in self.value_layout.tolist())
-        codes = unpack_uint(self.values, k, bits).to(dtype)
-        return (self.value_scales.to(dtype).reshape(-1, 1) * (codes - 2 ** (bits - 1))).reshape(-1)
+        return (self.value_scales.to(dtype).reshape(-1, 1) * self.signed_codes().to(dtype)).reshape(-1)
 
     def sparse_csr(self, dtype=None) -> torch.Tensor:
         dtype = dtype or self.compute_dtype
@@ -458,14 +463,13 @@ CODE_ROWS = 256  # rows of q-bit codes unpacked at a time (the unpacking makes 8
 
 
 def _signed_codes(mod: SLaBLinear) -> np.ndarray:
-    """The coded values of S as int8 codes c − 2^(q−1), row-major (one byte per value): for q = 8
-    the stored bytes themselves with the top bit flipped, else unpacked ``CODE_ROWS`` rows at a time."""
+    """The coded values of S as int8 t = c − 2^(q−1), row-major: for q = 8 a view of the stored
+    bytes (no copy), else unpacked ``CODE_ROWS`` rows at a time into one byte per value."""
     bits, k = (int(v) for v in mod.value_layout.tolist())
     packed = mod.values.detach()
     if bits == 8:
-        return np.bitwise_xor(packed.numpy(), np.uint8(0x80)).view(np.int8).reshape(-1)
+        return packed.numpy().view(np.int8).reshape(-1)
     out = np.empty((packed.shape[0], k), np.int8)
     for i0 in range(0, packed.shape[0], CODE_ROWS):
-        codes = unpack_uint(packed[i0 : i0 + CODE_ROWS], k, bits) - (1 << (bits - 1))
-        out[i0 : i0 + CODE_ROWS] = codes.to(torch.int8).numpy()
+        out[i0 : i0 + CODE_ROWS] = mod.signed_codes(slice(i0, i0 + CODE_ROWS)).to(torch.int8).numpy()
     return out.reshape(-1)

@@ -53,6 +53,8 @@ def test_layer_stores_codes_and_decodes_them_exactly(q, rank, n):
         assert mod.fused_supported()
         kept = mod._packed_parts().values  # the kernel reads one signed byte per value
         assert kept.dtype == np.int8 and kept.nbytes == mod.nnz
+        if q == 8:  # ... the stored bytes themselves, not a copy
+            assert np.shares_memory(kept, mod.values.numpy())
         torch.testing.assert_close(mod.fused_forward(x[:2]), want[:2], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mod.blocked_forward(x), want, rtol=1e-5, atol=1e-6)
 
