@@ -45,9 +45,10 @@ POSITIVE = _arg_type(check_int, "value", 1)
 _SPARSE_Q = _arg_type(check_int, "sparse bits", 2, 8)
 
 
-def SPARSE_BITS(s: str) -> int | None:
-    """``--sparse-bits``: an integer from 2 to 8, or "none" (values at --value-bits bits)."""
-    return None if s.strip().lower() == "none" else _SPARSE_Q(s)
+def SPARSE_BITS(s: str) -> int | str | None:
+    """``--sparse-bits``: an integer from 2 to 8, "auto", or "none" (values at --value-bits bits)."""
+    word = s.strip().lower()
+    return None if word == "none" else "auto" if word == "auto" else _SPARSE_Q(s)
 
 
 def _option(s: str) -> tuple[str, object]:
@@ -77,12 +78,34 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+RECIPE = object()  # --sparse-bits not given to compress: auto where it applies (not a string: argparse
+#                    would pass a string default through the option's type)
+
+
+def _sparse_bits(args, method: str) -> int | str | None:
+    """--sparse-bits as given, or for compress's default "auto" where the method stores a sparse
+    part with an equal count per row, else none."""
+    if args.sparse_bits is not RECIPE:
+        return args.sparse_bits
+    from slabopt.patterns import parse_pattern
+    from slabopt.registry import get_method
+
+    from .pipeline import solver_name
+
+    try:
+        applies = ("sparse" in get_method(solver_name(method)).components
+                   and parse_pattern(args.pattern).kind != "global")
+    except (ValueError, TypeError):
+        applies = False  # an unknown method or pattern is reported by the config check
+    return "auto" if applies else None
+
+
 def _config(args, method: str, ratio: float | None, options: dict):
     from .pipeline import CompressConfig
 
     return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
                           value_bits=args.value_bits, pattern=args.pattern, positions=args.positions,
-                          sparse_bits=args.sparse_bits,
+                          sparse_bits=_sparse_bits(args, method),
                           options=options,
                           targets=args.targets, ignore=args.ignore or None)
 
@@ -269,15 +292,19 @@ def _budget_args(sp, compare: bool) -> None:
                          "(default: %(default)s)")
     sp.add_argument("--value-bits", type=int, default=16, choices=(16, 32),
                     help="bits per stored value (S, U, V), the b of the budget (default: %(default)s)")
-    sp.add_argument("--positions", default="index", choices=("index", "bitmask"),
+    # compress defaults to the recommended recipe (docs/results.md), compare to the papers' convention
+    sp.add_argument("--positions", default="index" if compare else "bitmask", choices=("index", "bitmask"),
                     help="what the positions of S cost in the budget: index = nothing (the papers' "
                          "convention; the saved bitmask then adds 1 bit per weight on disk), bitmask = "
                          "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk "
                          "(default: %(default)s)")
-    sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=None, metavar="Q",
+    sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=None if compare else RECIPE, metavar="Q",
                     help="store the kept values of S as Q-bit integer codes (Q = 2..8) with one 16-bit "
-                         "scale per row, so the budget keeps about 16/Q times as many of them; none = "
-                         "values at --value-bits bits; sparsity methods only (default: none)")
+                         "scale per row, so the budget keeps about 16/Q times as many of them; auto = "
+                         "per layer the largest Q that keeps at least 75%% of the entries; none = values "
+                         "at --value-bits bits; sparsity methods only (default: "
+                         + ("none)" if compare else "auto for methods with a row or N:M sparse part, "
+                                                    "none otherwise)"))
 
 
 def distributed_timeout() -> int:

@@ -84,7 +84,7 @@ class CompressConfig:
     ``targets`` / ``ignore`` are regular expressions on the full names of the linear layers inside
     the decoder blocks (``re.search``); ``None`` targets every one. ``options`` are the solver's own
     keywords. ``sparse_bits`` = q stores the kept values of S as q-bit codes with a scale per row
-    (docs/formulation.md §4.7); ``None`` keeps them at ``value_bits``.
+    (docs/formulation.md §4.7; ``"auto"``: q chosen per layer); ``None`` keeps them at ``value_bits``.
     """
 
     method: str = "slab"
@@ -96,7 +96,7 @@ class CompressConfig:
     index_bits: int = 0
     pattern: str = "row"
     positions: str = "index"
-    sparse_bits: int | None = None
+    sparse_bits: int | str | None = None
     options: Mapping = field(default_factory=dict)
     targets: str | None = None
     ignore: str | None = DEFAULT_IGNORE
@@ -119,10 +119,9 @@ class CompressConfig:
         if self.positions not in POSITIONS:
             raise UserError(f"positions must be one of {', '.join(POSITIONS)}, "
                             f"got {self.positions!r}")
-        if self.sparse_bits is not None and not (
-                isinstance(self.sparse_bits, int) and SPARSE_BITS[0] <= self.sparse_bits <= SPARSE_BITS[1]):
+        if self.sparse_bits not in (None, "auto", *range(SPARSE_BITS[0], SPARSE_BITS[1] + 1)):
             raise UserError(f"sparse bits must be an integer from {SPARSE_BITS[0]} to {SPARSE_BITS[1]}, "
-                            f"got {self.sparse_bits!r}")
+                            f"auto or none, got {self.sparse_bits!r}")
         if self.sparse_bits is not None and "sparse" not in info.components:
             raise UserError(f"--sparse-bits codes the values of S, but method {self.method!r} stores no "
                             "sparse part")

@@ -40,7 +40,7 @@ def solve(
     value_bits: int = 16,
     index_bits: int = 0,
     positions: str = "index",
-    sparse_bits: int | None = None,
+    sparse_bits: int | str | None = None,
     sparse_refit: int = 2,
     max_iter: int | None = None,
     tol: float = 1e-6,
@@ -72,7 +72,8 @@ def solve(
         the ratio is the ratio on disk; docs/formulation.md §4.6)
     sparse_bits : q in 2..8 stores the kept values of S as q-bit codes with one b-bit scale per row
         (``result.sparse_codes``; the budget counts q bits per value, docs/formulation.md §4.7);
-        ``None`` (default) stores them at b bits. "row" and N:M patterns only.
+        ``None`` (default) stores them at b bits; ``"auto"`` takes the largest q whose budget keeps
+        at least ``slabopt.budget.AUTO_DENSITY`` (75 %) of the entries. "row" and N:M patterns only.
     sparse_refit : with ``sparse_bits``, rounds of exact binary / low-rank / code steps that refit
         L ⊙ B to the coded S after the solve (docs/formulation.md §5.6; never raises f)
     max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
@@ -150,7 +151,8 @@ def solve(
             value_bits=value_bits,
             index_bits=index_bits,
             positions=positions,
-            **({} if sparse_bits is None else {"sparse_bits": bud.sparse_bits, "sparse_refit": sparse_refit}),
+            **({} if sparse_bits is None else {"sparse_bits": sparse_bits, "sparse_refit": sparse_refit,
+                                               "sparse_bits_used": bud.sparse_bits}),
             max_iter=max_iter,
             tol=tol,
             seed=seed,

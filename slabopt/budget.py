@@ -211,7 +211,7 @@ def budget(
     components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
     quant: QuantLayout | None = None,
     positions: str = "index",
-    sparse_bits: int | None = None,
+    sparse_bits: int | str | None = None,
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
@@ -240,13 +240,17 @@ def budget(
     sparse_bits : q in 2..8 stores the values of S as q-bit integer codes with one b-bit scale per
         row (docs/formulation.md §4.7), so each kept entry costs q + ι bits and the scales b·m;
         ``None`` (default) stores them at b bits. Only for the "row" and N:M patterns (an equal
-        count per row).
+        count per row). ``"auto"`` picks q per layer: the largest q whose budget keeps at least
+        ``AUTO_DENSITY`` of the entries (q = 2 if none does), docs/formulation.md §4.7.
 
     Raises
     ------
     InfeasibleBudgetError
         when even k = 0 does not reach ``ratio``; the message names the largest reachable ratio.
     """
+    if isinstance(sparse_bits, str) and sparse_bits == "auto":
+        return _auto_sparse_bits(shape, ratio, rank, pattern=pattern, value_bits=value_bits, quant=quant,
+                                 index_bits=index_bits, components=components, positions=positions)
     m = check_int("shape[0]", shape[0], 1)
     n = check_int("shape[1]", shape[1], 1)
     value_bits = check_int("value_bits", value_bits, 1)
@@ -327,12 +331,24 @@ def budget(
 
 
 SPARSE_BITS = (2, 8)  # the q allowed for codes of the values of S
+AUTO_DENSITY = 0.75  # sparse_bits="auto": the largest q that keeps at least this fraction of entries
+
+
+def _auto_sparse_bits(shape: tuple[int, int], ratio: float | None, rank: int, **kw) -> Budget:
+    """The budget of the largest q in 8…2 with density ≥ ``AUTO_DENSITY``, else of q = 2."""
+    for q in range(SPARSE_BITS[1], SPARSE_BITS[0] - 1, -1):
+        bud = budget(shape, ratio, rank, sparse_bits=q, **kw)
+        if bud.density >= AUTO_DENSITY or q == SPARSE_BITS[0]:
+            return bud
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _check_sparse_bits(sparse_bits: int | None, pat: Pattern, components: frozenset[str]) -> int | None:
     """``None``, or q in [2, 8] for a method with a sparse part and an equal count per row."""
     if sparse_bits is None:
         return None
+    if isinstance(sparse_bits, str):
+        raise ValueError(f'sparse_bits must be an integer in [2, 8], "auto" or None, got {sparse_bits!r}')
     sparse_bits = check_int("sparse_bits", sparse_bits, *SPARSE_BITS)
     if "sparse" not in components:
         raise ValueError("sparse_bits quantises the values of S; this method stores no sparse part")

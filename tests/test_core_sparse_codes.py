@@ -182,3 +182,29 @@ def test_bad_refit_is_one_clear_error(layer):
     W, d = layer
     with pytest.raises(ValueError, match="sparse_refit must be >= 0"):
         slabopt.solve(W, col_norms=d, ratio=0.6, rank=1, sparse_bits=4, sparse_refit=-1)
+
+
+# ----------------------------------------------------------------------------- "auto"
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 80), n=st.integers(8, 300), ratio=st.floats(0.3, 0.9), rank=st.integers(0, 2))
+def test_auto_takes_the_largest_q_that_keeps_enough(m, n, ratio, rank):
+    from slabopt.budget import AUTO_DENSITY
+
+    rank = min(rank, m, n)
+    try:
+        auto = budget((m, n), ratio, rank, sparse_bits="auto", positions="bitmask")
+    except slabopt.InfeasibleBudgetError:
+        return
+    dens = {q: budget((m, n), ratio, rank, sparse_bits=q, positions="bitmask").density for q in range(2, 9)}
+    enough = [q for q, d in dens.items() if d >= AUTO_DENSITY]
+    assert auto.sparse_bits == (max(enough) if enough else 2)
+    assert auto == budget((m, n), ratio, rank, sparse_bits=auto.sparse_bits, positions="bitmask")
+
+
+def test_auto_in_solve_records_the_q_used(layer):
+    W, d = layer
+    res = slabopt.solve(W, col_norms=d, ratio=0.5, rank=1, sparse_bits="auto", positions="bitmask")
+    assert res.settings["sparse_bits"] == "auto"
+    assert res.settings["sparse_bits_used"] == res.sparse_codes.bits == res.budget.sparse_bits
+    with pytest.raises(ValueError, match='"auto" or None'):
+        slabopt.solve(W, col_norms=d, ratio=0.5, rank=1, sparse_bits="eight")

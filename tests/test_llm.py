@@ -480,16 +480,18 @@ def test_cli_pattern_and_value_bits(tiny_checkpoint, tmp_path, capsys):
     assert code == 0, err and "pattern 2:4" in so
     man = json.loads((out / "manifest.json").read_text())
     assert man["settings"]["pattern"] == "2:4" and man["settings"]["ratio"] is None
+    assert man["settings"]["sparse_bits"] == "auto"  # compress's recipe: coded values where they apply
     loaded, _ = load_compressed(out)
     lin = block_linears(decoder_layers(loaded)[0])
-    assert all(hasattr(mod, "nm_codes") for mod in lin.values())
-    code, _, err = _run_cli(["compress", *base, "--pattern", "2:4", "--ratio", "0.6", "--out",
-                             str(tmp_path / "x")], capsys)
-    assert code == 2 and "ratio 0.6 allows" in err
+    assert all(hasattr(mod, "nm_codes") and hasattr(mod, "value_layout") for mod in lin.values())
+    code, _, err = _run_cli(["compress", *base, "--pattern", "2:4", "--ratio", "0.6", "--sparse-bits", "none",
+                             "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "ratio 0.6 allows" in err  # 16-bit values at 2:4 cost more than 0.4 of dense
     code, _, err = _run_cli(["compress", *base, "--pattern", "3:2", "--out", str(tmp_path / "y")], capsys)
     assert code == 2 and "0 < N < M" in err
     out32 = tmp_path / "v32"
-    code, _, err = _run_cli(["compress", *base, "--value-bits", "32", "--out", str(out32)], capsys)
+    code, _, err = _run_cli(["compress", *base, "--value-bits", "32", "--sparse-bits", "none", "--out",
+                             str(out32)], capsys)
     assert code == 0, err
     loaded, man = load_compressed(out32)
     assert man["settings"]["value_bits"] == 32

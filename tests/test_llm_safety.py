@@ -180,24 +180,26 @@ def _empty(p: Path):
     p.write_bytes(b"")
 
 
-def _flip_fp16(p: Path, count: int = 200):
+def _flip_bytes(p: Path, count: int = 200):
+    """Invert ``count`` bytes of the largest stored tensor: a valid file with other values."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(p), "pt") as f:
         meta = f.metadata()
     state = load_file(str(p))
-    key = next(k for k, v in state.items() if v.dtype == torch.float16 and v.numel() >= count)
-    v = state[key].clone()
-    v[:count] = -v[:count]
-    state[key] = v
+    key = max(state, key=lambda k: state[k].numel() * state[k].element_size())
+    raw = state[key].clone().contiguous().reshape(-1).view(torch.uint8)
+    assert raw.numel() >= count
+    raw[:count] ^= 0xFF
+    state[key] = raw.view(state[key].dtype).reshape(state[key].shape)
     save_file(state, str(p), metadata=meta)
 
 
 DAMAGE = {
     "truncated block": ("blocks/block_001.safetensors", _truncate, "block_001.safetensors"),
     "empty block": ("blocks/block_000.safetensors", _empty, "block_000.safetensors"),
-    "flipped fp16 values": ("blocks/block_000.safetensors", _flip_fp16, "block_000.safetensors"),
+    "flipped stored bytes": ("blocks/block_000.safetensors", _flip_bytes, "block_000.safetensors"),
     "invalid manifest": ("manifest.json", lambda p: p.write_text("{not json"), "manifest.json"),
     "missing rest": ("rest.safetensors", lambda p: p.unlink(), "rest.safetensors"),
     "missing block": ("blocks/block_001.safetensors", lambda p: p.unlink(), "block_001.safetensors"),
@@ -247,7 +249,7 @@ def test_resume_of_a_damaged_block_names_it(ckpt, tmp_path, capsys, monkeypatch)
     code, _, _ = _cli(_compress_args(tmp_path / "three", out), capsys)
     assert code == 130
     monkeypatch.setattr(comp, "compress_model", real)
-    _flip_fp16(out / "blocks" / "block_000.safetensors")
+    _flip_bytes(out / "blocks" / "block_000.safetensors")
     code, _, err = _cli(_compress_args(tmp_path / "three", out, "--resume"), capsys)
     _one_line_error(code, err, "block_000.safetensors", "damaged")
 

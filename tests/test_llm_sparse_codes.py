@@ -122,3 +122,17 @@ def test_cli_sparse_bits(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     man = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert man["settings"]["sparse_bits"] == 4 and np.all([e["nnz"] > 0 for e in man["layers"]])
+
+
+def test_cli_compress_defaults_to_the_recipe(tmp_path, capsys):
+    """compress: coded values (auto) and a budget that pays for the bitmask unless told otherwise;
+    methods without a row sparse part (rtn, global pattern) get no codes instead of an error."""
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    base = ["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "1"]
+    runs = {"slab": [], "rtn": ["--method", "rtn", "--ratio", "0.7"], "global": ["--pattern", "global"]}
+    for name, extra in runs.items():
+        code = cli.main([*base, *extra, "--out", str(tmp_path / name)])
+        assert code == 0, capsys.readouterr().err
+        settings = json.loads((tmp_path / name / "manifest.json").read_text())["settings"]
+        assert settings["positions"] == "bitmask"
+        assert settings["sparse_bits"] == ("auto" if name == "slab" else None)
