@@ -78,6 +78,8 @@ def coded_points() -> list[dict]:
         for m in ("slab", "wanda"):
             pts.append({"method": m, "label": f"{m} q{q} {b} bits", "ratio": round(1 - b / 16, 6),
                         "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q)]})
+    pts.append({"method": "slab", "label": "slab q5 6 bits, 16k calibration", "ratio": 0.625, "options": {},
+                "args": ["--positions", "bitmask", "--sparse-bits", "5", "--calib-tokens", "16384"]})
     return pts
 
 
@@ -148,8 +150,12 @@ def run(args) -> None:
 
 
 def series(p: dict) -> str:
-    """The plot line of a point: its method, with "q-bit S" for coded sparse values."""
-    return p["method"] + (", q-bit S (best q)" if "--sparse-bits" in p.get("args", []) else "")
+    """The plot line of a point: its method, with "q-bit S" for coded sparse values (points with
+    more calibration on their own)."""
+    args = p.get("args", [])
+    if "--calib-tokens" in args:
+        return f"{p['method']}, q-bit S, {args[args.index('--calib-tokens') + 1]} calibration tokens"
+    return p["method"] + (", q-bit S (best q)" if "--sparse-bits" in args else "")
 
 
 def best_per_target(mine: list[dict]) -> list[dict]:
