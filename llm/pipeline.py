@@ -61,6 +61,7 @@ from .checkpoint import (
 )
 from .distributed import Dist
 from .errors import UserError
+from .refine import refine_block
 from .slablinear import SLaBLinear
 
 CLI_ALIASES = {"slab": "alternating"}
@@ -85,6 +86,8 @@ class CompressConfig:
     the decoder blocks (``re.search``); ``None`` targets every one. ``options`` are the solver's own
     keywords. ``sparse_bits`` = q stores the kept values of S as q-bit codes with a scale per row
     (docs/formulation.md §4.7; ``"auto"``: q chosen per layer); ``None`` keeps them at ``value_bits``.
+    ``refine_steps`` > 0 tunes the real-valued parts of each compressed block on its output error
+    (:mod:`.refine`).
     """
 
     method: str = "slab"
@@ -97,6 +100,7 @@ class CompressConfig:
     pattern: str = "row"
     positions: str = "index"
     sparse_bits: int | str | None = None
+    refine_steps: int = 0
     options: Mapping = field(default_factory=dict)
     targets: str | None = None
     ignore: str | None = DEFAULT_IGNORE
@@ -125,6 +129,8 @@ class CompressConfig:
         if self.sparse_bits is not None and "sparse" not in info.components:
             raise UserError(f"--sparse-bits codes the values of S, but method {self.method!r} stores no "
                             "sparse part")
+        if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
+            raise UserError(f"refine steps must be an integer >= 0, got {self.refine_steps!r}")
         if self.value_bits not in STORE_DTYPES:
             raise UserError(f"value bits must be 16 or 32 for a saved model, got {self.value_bits}")
         try:
@@ -436,6 +442,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
         out_dir = Path(out_dir)
         record = cfg.record(windows, text, next(model.parameters()).dtype)
         targets = _target_names(model, cfg)
+        if cfg.refine_steps and d.active:
+            raise UserError("--refine-steps runs in one process only; start compress without torchrun")
         if d.data_parallel and d.active and windows.shape[0] < d.world:
             raise UserError(f"--data-parallel needs at least one calibration window per process: "
                             f"{windows.shape[0]} windows for {d.world} processes")
@@ -485,8 +493,21 @@ def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progr
     for b in range(start, len(layers)):
         t0 = time.perf_counter()
         block = layers[b].to(dev)
+        if cfg.refine_steps:
+            with d.step():
+                targets = _run_block(block, inputs, calls[b], dev)  # the dense block's outputs
         entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg, need_gram,
                                   dev, pbar, d)
+        if cfg.refine_steps:
+            with d.step():
+                fit = refine_block(block, inputs, calls[b], targets, dev, cfg.refine_steps)
+            del targets
+            for e in entries:
+                e["block_loss_before_refine"] = fit["loss_start"]
+                e["block_loss_after_refine"] = fit["loss_end"]
+            for mod in block.modules():
+                if isinstance(mod, SLaBLinear):
+                    mod.set_cache_weight(True)  # dense Ŵ again for the block's calibration forward
         part = d.forward_share(len(inputs))
         with d.step():
             outs = _run_block(block, inputs[part], calls[b][part], dev)
