@@ -54,6 +54,8 @@ def refine_block(block, inputs: list, calls: list, targets: list, device, steps:
     output errors on the windows)."""
     lr = DEFAULT_LR if lr is None else lr
     layers = [m for m in block.modules() if isinstance(m, SLaBLinear)]
+    if not layers or not any(tunable_buffers(m) for m in layers):  # nothing compressed here
+        return {"loss_start": None, "loss_end": None, "steps": 0}
     dtypes, params = {}, []
     for mod in layers:
         mod.set_cache_weight(False)

@@ -67,3 +67,10 @@ def test_cli_refine_steps(tmp_path, capsys):
         cli.main([*base, "--refine-steps", "-1", "--out", str(tmp_path / "a")])
     assert exc.value.code == 2 and "must be >= 0" in capsys.readouterr().err
     assert cli.main([*base, "--refine-steps", "2", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_blocks_without_compressed_layers_are_left_alone(tmp_path):
+    man = compress_model(tiny_model(), windows(n=4, seqlen=16), tmp_path / "o", method="slab", ratio=0.6,
+                         rank=1, max_iter=2, refine_steps=2, targets=r"layers\.1\.", progress=False, log=None)
+    assert {e["block"] for e in man["layers"]} == {1}
+    assert all(e["block_loss_after_refine"] <= e["block_loss_before_refine"] for e in man["layers"])
