@@ -40,6 +40,7 @@ SAMPLE = 512  # sample size of the first bracket of a row (no previous threshold
 NO_THRESHOLD = -1.0  # a row without a previous threshold (scores are >= 0)
 MARGIN_MIN, MARGIN_MAX = 1e-4, 0.5  # relative half-width of a row's first bracket: 1.5 × last change
 GROW, TRIES = 2.0, 24  # a missed bracket side grows 2× per try (counting only), then the whole row
+BAND_MAX = 128  # a bracket holding more entries is halved (counting only) before gathering
 
 
 def available() -> bool:
@@ -171,6 +172,30 @@ def sample_bracket(sc, k, buf):  # pragma: no cover - compiled
 
 
 @_jit
+def narrow(sc, k, c_lo, c_hi, bounds):  # pragma: no cover - compiled
+    """Shrink the bracket ``bounds`` = [lo, hi) (which holds the k-th largest: c_hi = #{s ≥ hi} < k
+    ≤ c_lo = #{s ≥ lo}) by bisection in value, one counting pass per halving, until at most
+    ``BAND_MAX`` entries lie inside, so that gathering and quickselecting them is cheap. An
+    unbounded side (hi = inf) is left alone; lo < 0 is the same bracket as lo = 0."""
+    if bounds[0] < 0:
+        bounds[0] = 0
+    while c_lo - c_hi > BAND_MAX and bounds[1] < np.inf:
+        lo, hi = bounds[0], bounds[1]
+        bounds[0] = lo + (hi - lo) / 2  # the midpoint, rounded to the dtype of the scores
+        mid = bounds[0]
+        bounds[0] = lo
+        if mid <= lo or mid >= hi:
+            return
+        c_mid, _ = count_at_least(sc, mid, mid)
+        if c_mid >= k:
+            bounds[0] = mid
+            c_lo = c_mid
+        else:
+            bounds[1] = mid
+            c_hi = c_mid
+
+
+@_jit
 def full_select(sc, k, buf):  # pragma: no cover - compiled
     """k-th largest of the whole row ``sc`` (quickselect on a copy in ``buf``)."""
     n = sc.shape[0]
@@ -189,8 +214,9 @@ def row_threshold(sc, k, prev, margin, buf, flags, bounds):  # pragma: no cover 
     answer lies above the bracket, the new bracket starts at the old upper bound and reaches
     ``GROW`` times as far from the guess (likewise below), up to ``TRIES`` tries; the last resort
     is the whole row [−1, inf). Each try is one counting pass; the bracket that holds the answer is
-    gathered by :func:`band_pass` and a quickselect finds the answer in it. ``bounds`` (2, the
-    dtype of ``sc``) holds the bracket in that dtype, so every comparison is exact.
+    narrowed (:func:`narrow`), gathered by :func:`band_pass` and a quickselect finds the answer
+    in it. ``bounds`` (2, the dtype of ``sc``) holds the bracket in that dtype, so every comparison
+    is exact.
     """
     if prev > 0.0:
         lo, hi = prev * (1.0 - margin), prev * (1.0 + margin)
@@ -211,6 +237,7 @@ def row_threshold(sc, k, prev, margin, buf, flags, bounds):  # pragma: no cover 
         bounds[1] = hi
         c_lo, c_hi = count_at_least(sc, bounds[0], bounds[1])
         if c_hi < k <= c_lo:
+            narrow(sc, k, c_lo, c_hi, bounds)
             c_band, c_hi = band_pass(sc, bounds[0], bounds[1], buf, flags)
             t = kth_smallest(buf, c_band, c_band - (k - c_hi))
             count = c_hi
