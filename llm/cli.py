@@ -301,8 +301,8 @@ def _budget_args(sp, compare: bool) -> None:
     sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=None if compare else RECIPE, metavar="Q",
                     help="store the kept values of S as Q-bit integer codes (Q = 2..8) with one 16-bit "
                          "scale per row, so the budget keeps about 16/Q times as many of them; auto = "
-                         "per layer the largest Q that keeps at least 75%% of the entries; none = values "
-                         "at --value-bits bits; sparsity methods only (default: "
+                         "per layer Q = round(a) + 1 for the a bits per weight left for the values; "
+                         "none = values at --value-bits bits; sparsity methods only (default: "
                          + ("none)" if compare else "auto for methods with a row or N:M sparse part, "
                                                     "none otherwise)"))
     sp.add_argument("--refine-steps", type=NONNEG, default=0, metavar="N",

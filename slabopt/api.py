@@ -72,8 +72,8 @@ def solve(
         the ratio is the ratio on disk; docs/formulation.md §4.6)
     sparse_bits : q in 2..8 stores the kept values of S as q-bit codes with one b-bit scale per row
         (``result.sparse_codes``; the budget counts q bits per value, docs/formulation.md §4.7);
-        ``None`` (default) stores them at b bits; ``"auto"`` takes the largest q whose budget keeps
-        at least ``slabopt.budget.AUTO_DENSITY`` (75 %) of the entries. "row" and N:M patterns only.
+        ``None`` (default) stores them at b bits; ``"auto"`` takes q = round(a) + 1 for the a bits per
+        weight the budget leaves for them (docs/formulation.md §4.7). "row" and N:M patterns only.
     sparse_refit : with ``sparse_bits``, rounds of exact binary / low-rank / code steps that refit
         L ⊙ B to the coded S after the solve (docs/formulation.md §5.6; never raises f)
     max_iter : iteration limit of the method's main loop; ``None`` = the method's registered

@@ -240,8 +240,8 @@ def budget(
     sparse_bits : q in 2..8 stores the values of S as q-bit integer codes with one b-bit scale per
         row (docs/formulation.md §4.7), so each kept entry costs q + ι bits and the scales b·m;
         ``None`` (default) stores them at b bits. Only for the "row" and N:M patterns (an equal
-        count per row). ``"auto"`` picks q per layer: the largest q whose budget keeps at least
-        ``AUTO_DENSITY`` of the entries (q = 2 if none does), docs/formulation.md §4.7.
+        count per row). ``"auto"`` picks q per layer from the bits a per weight left for the values:
+        q = round(a) + 1 in 2…8 (:func:`auto_sparse_bits`, docs/formulation.md §4.7).
 
     Raises
     ------
@@ -331,16 +331,25 @@ def budget(
 
 
 SPARSE_BITS = (2, 8)  # the q allowed for codes of the values of S
-AUTO_DENSITY = 0.75  # sparse_bits="auto": the largest q that keeps at least this fraction of entries
+def auto_sparse_bits(value_bits_per_weight: float) -> int:
+    """q = round(a) + 1 clamped to 2…8, for a = the bits per weight the budget leaves for the values
+    of S (so S keeps about a/(a + 1) of the entries; docs/formulation.md §4.7)."""
+    return min(max(round(value_bits_per_weight) + 1, SPARSE_BITS[0]), SPARSE_BITS[1])
 
 
 def _auto_sparse_bits(shape: tuple[int, int], ratio: float | None, rank: int, **kw) -> Budget:
-    """The budget of the largest q in 8…2 with density ≥ ``AUTO_DENSITY``, else of q = 2."""
-    for q in range(SPARSE_BITS[1], SPARSE_BITS[0] - 1, -1):
-        bud = budget(shape, ratio, rank, sparse_bits=q, **kw)
-        if bud.density >= AUTO_DENSITY or q == SPARSE_BITS[0]:
-            return bud
-    raise AssertionError("unreachable")  # pragma: no cover
+    """The budget at q = :func:`auto_sparse_bits` (a measured at q = 8); for N:M patterns, which fix
+    nnz(S), the largest q whose bits fit ``ratio`` (8 without a ratio)."""
+    at8 = budget(shape, ratio, rank, sparse_bits=8, **kw)
+    if at8.pattern.kind == "nm":
+        if ratio is None:
+            return at8
+        allowed = (1 - Fraction(ratio)) * at8.dense_bits
+        fits = [q for q in range(SPARSE_BITS[1], SPARSE_BITS[0] - 1, -1)
+                if budget(shape, ratio, rank, sparse_bits=q, **kw).bits <= allowed]
+        return budget(shape, ratio, rank, sparse_bits=fits[0] if fits else SPARSE_BITS[0], **kw)
+    a = 8.0 * at8.density if at8.density < 1 else float(SPARSE_BITS[1])
+    return budget(shape, ratio, rank, sparse_bits=auto_sparse_bits(a), **kw)
 
 
 def _check_sparse_bits(sparse_bits: int | None, pat: Pattern, components: frozenset[str]) -> int | None:

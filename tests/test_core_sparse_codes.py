@@ -187,18 +187,36 @@ def test_bad_refit_is_one_clear_error(layer):
 # ----------------------------------------------------------------------------- "auto"
 @settings(max_examples=60, deadline=None)
 @given(m=st.integers(1, 80), n=st.integers(8, 300), ratio=st.floats(0.3, 0.9), rank=st.integers(0, 2))
-def test_auto_takes_the_largest_q_that_keeps_enough(m, n, ratio, rank):
-    from slabopt.budget import AUTO_DENSITY
-
+def test_auto_takes_round_a_plus_one(m, n, ratio, rank):
+    """a = the bits per weight left for the values, computed here from the bits themselves."""
     rank = min(rank, m, n)
     try:
         auto = budget((m, n), ratio, rank, sparse_bits="auto", positions="bitmask")
     except slabopt.InfeasibleBudgetError:
         return
-    dens = {q: budget((m, n), ratio, rank, sparse_bits=q, positions="bitmask").density for q in range(2, 9)}
-    enough = [q for q, d in dens.items() if d >= AUTO_DENSITY]
-    assert auto.sparse_bits == (max(enough) if enough else 2)
+    empty = budget((m, n), ratio, rank, sparse_bits=8, positions="bitmask")
+    empty = slabopt.Budget(**{**empty.__dict__, "nnz": 0, "nnz_per_row": 0})
+    left = (1 - Fraction(ratio)) * 16 * m * n - empty.bits - 16 * m - m * n  # minus scales and mask
+    a = max(Fraction(0), left) / (m * n)
+    full = budget((m, n), ratio, rank, sparse_bits=8, positions="bitmask").density == 1
+    a8 = 8 if full else 8 * budget((m, n), ratio, rank, sparse_bits=8, positions="bitmask").density
+    assert abs(a8 - float(a)) <= 8 / n + 1e-9 or full  # the per-row rounding of k at q = 8
+    assert auto.sparse_bits == min(8, max(2, round(a8) + 1))
     assert auto == budget((m, n), ratio, rank, sparse_bits=auto.sparse_bits, positions="bitmask")
+
+
+def test_auto_examples():
+    """SmolLM2's 576×576 layers, rank 1: 8 bits per weight on disk → q = 7, 6 → 5, 5 → 4, 4 → 3."""
+    got = [budget((576, 576), 1 - b / 16, 1, sparse_bits="auto", positions="bitmask").sparse_bits
+           for b in (8, 6, 5, 4)]
+    assert got == [7, 5, 4, 3]
+
+
+def test_auto_with_nm_takes_the_largest_q_that_fits():
+    bud = budget((64, 128), 0.7, 1, pattern="2:4", sparse_bits="auto", positions="bitmask")
+    assert bud.sparse_bits < 8 and bud.bits <= 0.3 * 16 * 64 * 128
+    bigger = budget((64, 128), 0.7, 1, pattern="2:4", sparse_bits=bud.sparse_bits + 1, positions="bitmask")
+    assert bigger.bits > 0.3 * 16 * 64 * 128
 
 
 def test_auto_in_solve_records_the_q_used(layer):
