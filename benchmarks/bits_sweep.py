@@ -80,6 +80,9 @@ def coded_points() -> list[dict]:
                         "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q)]})
     pts.append({"method": "slab", "label": "slab q5 6 bits, 16k calibration", "ratio": 0.625, "options": {},
                 "args": ["--positions", "bitmask", "--sparse-bits", "5", "--calib-tokens", "16384"]})
+    for b, q in ((6, 5), (8, 7), (5, 4)):
+        pts.append({"method": "slab", "label": f"slab q{q} {b} bits, refined 20 steps", "ratio": round(1 - b / 16, 6),
+                    "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q), "--refine-steps", "20"]})
     return pts
 
 
@@ -153,6 +156,8 @@ def series(p: dict) -> str:
     """The plot line of a point: its method, with "q-bit S" for coded sparse values (points with
     more calibration on their own)."""
     args = p.get("args", [])
+    if "--refine-steps" in args:
+        return f"{p['method']}, q-bit S, refined {args[args.index('--refine-steps') + 1]} steps"
     if "--calib-tokens" in args:
         return f"{p['method']}, q-bit S, {args[args.index('--calib-tokens') + 1]} calibration tokens"
     return p["method"] + (", q-bit S (best q)" if "--sparse-bits" in args else "")
