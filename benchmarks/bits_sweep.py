@@ -81,8 +81,9 @@ def coded_points() -> list[dict]:
     pts.append({"method": "slab", "label": "slab q5 6 bits, 16k calibration", "ratio": 0.625, "options": {},
                 "args": ["--positions", "bitmask", "--sparse-bits", "5", "--calib-tokens", "16384"]})
     for b, q in ((6, 5), (8, 7), (5, 4)):
-        pts.append({"method": "slab", "label": f"slab q{q} {b} bits, refined 20 steps", "ratio": round(1 - b / 16, 6),
-                    "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q), "--refine-steps", "20"]})
+        args = ["--positions", "bitmask", "--sparse-bits", str(q), "--refine-steps", "20"]
+        pts.append({"method": "slab", "label": f"slab q{q} {b} bits, refined 20 steps",
+                    "ratio": round(1 - b / 16, 6), "options": {}, "args": args})
     return pts
 
 
