@@ -11,6 +11,12 @@ NumPy loop (issue 14, "the solver's own speed").
 
 Every run checks that both paths give the same objective; the JSON (``--out``) records the times,
 the objectives, the machine's load average before and after, and the thread settings.
+
+    python -m benchmarks.solver_speed pipeline-numpy compress --method slab ...
+
+runs ``slabopt compress`` with the change to ``llm/pipeline.py`` that docs/benchmarks.md suggests
+(torch CPU float32 tensors reach ``slabopt.solve`` as NumPy views, so the row kernel applies),
+without editing that file: ``slabopt.solve`` is wrapped for the run.
 """
 
 from __future__ import annotations
@@ -100,8 +106,35 @@ def small_shapes(repeats: int) -> list[dict]:
     return rows
 
 
+def pipeline_numpy(argv: list[str]) -> int:
+    """``slabopt`` CLI with torch CPU float32 tensors handed to ``slabopt.solve`` as NumPy views."""
+    import torch
+    from slabopt.llm import cli
+
+    import slabopt
+
+    solve = slabopt.solve
+
+    def as_numpy(x):
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32:
+            return x.detach().numpy()
+        return x
+
+    def solve_numpy(W, X=None, **kw):
+        for key in ("col_norms", "gram"):
+            if key in kw:
+                kw[key] = as_numpy(kw[key])
+        return solve(as_numpy(W), as_numpy(X), **kw)
+
+    slabopt.solve = solve_numpy
+    return cli.main(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run both parts and write the JSON."""
+    """Run both parts and write the JSON (or, with ``pipeline-numpy``, the wrapped CLI)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pipeline-numpy"]:
+        sys.exit(pipeline_numpy(argv[1:]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--small-repeats", type=int, default=10)
