@@ -230,6 +230,8 @@ def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
     W = mod.weight.detach().to(torch.float32)
     kw = {"gram": st["gram"].to(torch.float32)} if need_gram else {
         "col_norms": st["sq"].sqrt().to(torch.float32)}
+    if W.device.type == "cpu":  # NumPy views: the solvers' numba row kernel applies to NumPy arrays
+        W, kw = W.numpy(), {key: value.numpy() for key, value in kw.items()}
     try:
         res = slabopt.solve(W, ratio=cfg.ratio, rank=cfg.rank, method=cfg.solver,
                             seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
