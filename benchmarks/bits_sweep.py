@@ -187,19 +187,27 @@ def report(_args) -> None:
     for p in sorted(pts, key=lambda p: (p["method"], -p["bits_per_weight"])):
         print(f"| {p['method']} | {p['label']} | {p['bits_per_weight']:.3f} | {p['perplexity']:.3f} | "
               f"{p['perplexity'] / dense:.2f} |")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name in sorted({series(p) for p in pts} - {"dense"}):
-        mine = [p for p in pts if series(p) == name]
-        mine = sorted(best_per_target(mine) if "q-bit" in name else mine, key=lambda p: p["bits_per_weight"])
-        ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine],
-                "s--" if "q-bit" in name else "o-", label=name, ms=4)
-    ax.axhline(dense, color="k", ls=":", label=f"dense fp16 ({dense:.2f})")
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight on disk (linear layers, all metadata counted)")
-    ax.set_ylabel("perplexity (first 4 × 1024 test tokens)")
-    ax.set_title("SmolLM2-135M: perplexity against real size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, zoom in zip(axes, (False, True), strict=True):
+        for name in sorted({series(p) for p in pts} - {"dense"}):
+            mine = [p for p in pts if series(p) == name]
+            mine = best_per_target(mine) if "best q" in name else mine
+            mine = sorted(mine, key=lambda p: p["bits_per_weight"])
+            style = "o-" if "q-bit" not in name else ("s--" if "best q" in name else "D")
+            ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine], style, label=name,
+                    ms=4 if style != "D" else 6)
+        ax.axhline(dense, color="k", ls=":", label=f"dense fp16 ({dense:.2f})")
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per weight on disk (linear layers, all metadata counted)")
+        ax.grid(alpha=0.3, which="both")
+        if zoom:
+            ax.set_xlim(4.8, 8.3)
+            ax.set_ylim(11, 30)
+            ax.set_title("zoom: 5 to 8 bits")
+        else:
+            ax.set_ylabel("perplexity (first 4 × 1024 test tokens)")
+            ax.set_title("SmolLM2-135M: perplexity against real size")
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(OUT_PNG, dpi=120)
     print(f"\nplot: {OUT_PNG.relative_to(REPO)}")
