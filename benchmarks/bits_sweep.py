@@ -78,6 +78,9 @@ def coded_points() -> list[dict]:
         for m in ("slab", "wanda"):
             pts.append({"method": m, "label": f"{m} q{q} {b} bits", "ratio": round(1 - b / 16, 6),
                         "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q)]})
+    for b in (8, 6, 5):  # the default of slabopt compress: q chosen per layer
+        pts.append({"method": "slab", "label": f"slab qauto {b} bits", "ratio": round(1 - b / 16, 6),
+                    "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", "auto"]})
     pts.append({"method": "slab", "label": "slab q5 6 bits, 16k calibration", "ratio": 0.625, "options": {},
                 "args": ["--positions", "bitmask", "--sparse-bits", "5", "--calib-tokens", "16384"]})
     for b, q in ((6, 5), (8, 7), (5, 4)):
