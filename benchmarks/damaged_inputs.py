@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from slabopt.llm import cli
@@ -27,12 +28,14 @@ def _truncate(p: Path) -> None:
 
 
 def _flip(p: Path, count: int = 200) -> None:
+    """Invert ``count`` bytes of the largest stored tensor (a valid file with other values)."""
     with safe_open(str(p), "pt") as f:
         meta = f.metadata()
     state = load_file(str(p))
-    key = next(k for k, v in state.items() if v.dtype.itemsize == 2 and v.numel() >= count)
-    state[key] = state[key].clone()
-    state[key][:count] = -state[key][:count]
+    key = max(state, key=lambda k: state[k].numel() * state[k].element_size())
+    raw = state[key].clone().contiguous().reshape(-1).view(torch.uint8)
+    raw[:count] ^= 0xFF
+    state[key] = raw.view(state[key].dtype).reshape(state[key].shape)
     save_file(state, str(p), metadata=meta)
 
 
@@ -45,7 +48,7 @@ FOLDER_CASES = [  # (case, file in the compressed folder, damage, extra eval fla
     ("truncated block file", "blocks/block_001.safetensors", _truncate, []),
     ("truncated block file, --no-verify", "blocks/block_001.safetensors", _truncate, ["--no-verify"]),
     ("empty block file", "blocks/block_000.safetensors", lambda p: p.write_bytes(b""), []),
-    ("200 flipped fp16 values in a block", "blocks/block_000.safetensors", _flip, []),
+    ("200 flipped bytes in a block", "blocks/block_000.safetensors", _flip, []),
     ("invalid manifest.json", "manifest.json", lambda p: p.write_text("{not json"), []),
     ("manifest.json of another program", "manifest.json", lambda p: p.write_text('{"name": "app"}'), []),
     ("missing rest.safetensors", "rest.safetensors", lambda p: p.unlink(), []),
