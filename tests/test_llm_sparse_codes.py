@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -136,3 +138,40 @@ def test_cli_compress_defaults_to_the_recipe(tmp_path, capsys):
         settings = json.loads((tmp_path / name / "manifest.json").read_text())["settings"]
         assert settings["positions"] == "bitmask"
         assert settings["sparse_bits"] == ("auto" if name == "slab" else None)
+
+
+def _random_coded_layer(m, n, k, q, rank, seed):
+    """A layer with k coded values per row at random positions, built without a solver."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(m, n, dtype=torch.bool)
+    for i in range(m):
+        keep[i, torch.randperm(n, generator=g)[:k]] = True
+    mod = SLaBLinear(n, m, nnz=m * k, rank=rank, has_signs=rank > 0, value_codes=(q, k))
+    if k:
+        mod.mask.copy_(slabopt.pack_signs(keep))
+    from slabopt.llm.bitpack import pack_uint
+
+    mod.values.copy_(pack_uint(torch.randint(0, 2**q, (m, k), generator=g), q))
+    mod.value_scales.copy_(torch.rand(m, generator=g).to(torch.float16))
+    if rank:
+        mod.U.copy_(torch.randn(m, rank, generator=g).to(torch.float16))
+        mod.V.copy_(torch.randn(n, rank, generator=g).to(torch.float16))
+        mod.signs.copy_(slabopt.pack_signs(torch.rand(m, n, generator=g) < 0.5))
+    mod.rebuild_index()
+    return mod
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 40), n=st.integers(1, 200), frac=st.floats(0, 1), q=st.integers(2, 8),
+       rank=st.integers(0, 3), rows=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_fused_forward_of_random_coded_layers(m, n, frac, q, rank, rows, seed):
+    """Any count per row (0..n), any q, odd n: fused and blocked forward equal x Ŵᵀ."""
+    pytest.importorskip("numba")
+    mod = _random_coded_layer(m, n, round(frac * n), q, rank, seed)
+    assert mod.fused_supported()
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed + 1))
+    want = (x.double() @ mod.reconstruct(torch.float64).T).float()
+    scale = (x.abs().double() @ mod.reconstruct(torch.float64).abs().T).float() + 1e-6
+    with torch.no_grad():
+        for got in (mod.fused_forward(x), mod.blocked_forward(x)):
+            assert torch.all((got - want).abs() <= 1e-5 * scale)
