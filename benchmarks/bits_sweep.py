@@ -78,6 +78,10 @@ def coded_points() -> list[dict]:
         for m in ("slab", "wanda"):
             pts.append({"method": m, "label": f"{m} q{q} {b} bits", "ratio": round(1 - b / 16, 6),
                         "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", str(q)]})
+    for b, q in ((6, 5), (5, 4)):  # OWL's allocation across blocks at the same total
+        args = ["--positions", "bitmask", "--sparse-bits", str(q), "--allocation", "owl"]
+        pts.append({"method": "slab", "label": f"slab q{q} {b} bits, OWL allocation",
+                    "ratio": round(1 - b / 16, 6), "options": {}, "args": args})
     for b in (8, 6, 5):  # the default of slabopt compress: q chosen per layer
         pts.append({"method": "slab", "label": f"slab qauto {b} bits", "ratio": round(1 - b / 16, 6),
                     "options": {}, "args": ["--positions", "bitmask", "--sparse-bits", "auto"]})
@@ -160,6 +164,8 @@ def series(p: dict) -> str:
     """The plot line of a point: its method, with "q-bit S" for coded sparse values (points with
     more calibration on their own)."""
     args = p.get("args", [])
+    if "--allocation" in args:
+        return f"{p['method']}, q-bit S, OWL allocation"
     if "--refine-steps" in args:
         return f"{p['method']}, q-bit S, refined {args[args.index('--refine-steps') + 1]} steps"
     if "--calib-tokens" in args:

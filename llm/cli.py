@@ -106,6 +106,7 @@ def _config(args, method: str, ratio: float | None, options: dict):
     return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
                           value_bits=args.value_bits, pattern=args.pattern, positions=args.positions,
                           sparse_bits=_sparse_bits(args, method), refine_steps=args.refine_steps,
+                          allocation=args.allocation,
                           options=options,
                           targets=args.targets, ignore=args.ignore or None)
 
@@ -305,6 +306,11 @@ def _budget_args(sp, compare: bool) -> None:
                          "none = values at --value-bits bits; sparsity methods only (default: "
                          + ("none)" if compare else "auto for methods with a row or N:M sparse part, "
                                                     "none otherwise)"))
+    sp.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
+                    help="how the ratio is spread over the blocks: uniform = every layer at --ratio; owl = "
+                         "per block by OWL's outlier rule (blocks with more |W|·‖x‖ outliers keep more, "
+                         "±0.08 around --ratio, same total; costs one dense calibration pass) "
+                         "(default: %(default)s)")
     sp.add_argument("--refine-steps", type=NONNEG, default=0, metavar="N",
                     help="after each block is compressed, N Adam steps on the block's output error over "
                          "the calibration windows, tuning U, V and the kept values (or their row scales); "

@@ -29,7 +29,7 @@ from slabopt.budget import POSITIONS, SPARSE_BITS
 from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
-from . import distributed
+from . import allocation, distributed
 from .allocator import limit_heap_retention, release_freed_memory
 from .arch import (
     DEFAULT_IGNORE,
@@ -65,6 +65,14 @@ from .refine import refine_block
 from .slablinear import SLaBLinear
 
 CLI_ALIASES = {"slab": "alternating"}
+ALLOCATIONS = ("uniform", "owl")
+
+
+def is_nm_pattern(pattern: str) -> bool:
+    try:
+        return parse_pattern(pattern).kind == "nm"
+    except (ValueError, TypeError):
+        return False  # reported by the pattern check
 STORE_DTYPES = {16: torch.float16, 32: torch.float32}
 
 
@@ -87,7 +95,8 @@ class CompressConfig:
     keywords. ``sparse_bits`` = q stores the kept values of S as q-bit codes with a scale per row
     (docs/formulation.md §4.7; ``"auto"``: q chosen per layer); ``None`` keeps them at ``value_bits``.
     ``refine_steps`` > 0 tunes the real-valued parts of each compressed block on its output error
-    (:mod:`.refine`).
+    (:mod:`.refine`). ``allocation`` "owl" gives each block its own ratio by OWL's outlier rule at
+    the same total (:mod:`.allocation`); "uniform" gives every layer ``ratio``.
     """
 
     method: str = "slab"
@@ -101,6 +110,7 @@ class CompressConfig:
     positions: str = "index"
     sparse_bits: int | str | None = None
     refine_steps: int = 0
+    allocation: str = "uniform"
     options: Mapping = field(default_factory=dict)
     targets: str | None = None
     ignore: str | None = DEFAULT_IGNORE
@@ -129,6 +139,11 @@ class CompressConfig:
         if self.sparse_bits is not None and "sparse" not in info.components:
             raise UserError(f"--sparse-bits codes the values of S, but method {self.method!r} stores no "
                             "sparse part")
+        if self.allocation not in ALLOCATIONS:
+            raise UserError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.allocation != "uniform" and (self.ratio is None or is_nm_pattern(self.pattern)):
+            raise UserError("--allocation owl moves a ratio between blocks: give --ratio, and a row or "
+                            "global pattern")
         if not isinstance(self.refine_steps, int) or self.refine_steps < 0:
             raise UserError(f"refine steps must be an integer >= 0, got {self.refine_steps!r}")
         if self.value_bits not in STORE_DTYPES:
@@ -444,8 +459,9 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
         out_dir = Path(out_dir)
         record = cfg.record(windows, text, next(model.parameters()).dtype)
         targets = _target_names(model, cfg)
-        if cfg.refine_steps and d.active:
-            raise UserError("--refine-steps runs in one process only; start compress without torchrun")
+        if (cfg.refine_steps or cfg.allocation != "uniform") and d.active:
+            raise UserError("--refine-steps and --allocation owl run in one process only; start compress "
+                            "without torchrun")
         if d.data_parallel and d.active and windows.shape[0] < d.world:
             raise UserError(f"--data-parallel needs at least one calibration window per process: "
                             f"{windows.shape[0]} windows for {d.world} processes")
@@ -460,6 +476,7 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
     share = d.share(len(inputs))
     calls = [c[share] for c in calls]
     start = int(state["next_block"])
+    ratios = _block_ratios(model, inputs, calls, cfg, dev, log)  # from block 0's inputs, also on resume
     inputs = _restore(model, out_dir, start, inputs, keep_in_memory, d)
     with d.step():
         if d.main and start == 0 and REST not in ck.files:
@@ -467,7 +484,7 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
         elif log:
             log(f"resuming {out_dir} at block {start}/{len(layers)}")
     _compress_blocks(model, ck, start, inputs, calls, cfg, info.needs_gram, dev, progress, log,
-                     on_block_done, keep_in_memory, d)
+                     on_block_done, keep_in_memory, d, ratios)
     with d.step():
         if d.main:
             ck.manifest["sizes"] = size_report(out_dir, ck.manifest["layers"])
@@ -483,8 +500,27 @@ def _open(out_dir: Path, record: dict, source: dict | None, source_dir: Path | N
     return open_output(out_dir, record, src, model, resume=resume, overwrite=overwrite)
 
 
+def _block_ratios(model, inputs, calls, cfg: CompressConfig, dev, log) -> list[float | None]:
+    """Each block's ratio: ``cfg.ratio`` everywhere, or OWL's allocation (a dense calibration pass)."""
+    layers = decoder_layers(model)
+    if cfg.allocation == "uniform":
+        return [cfg.ratio] * len(layers)
+    outliers = allocation.dense_outlier_ratios(model, inputs, calls, dev, cfg.targets, cfg.ignore,
+                                               collect_stats, _run_block)
+    sizes = [sum(m.weight.numel() for m in block_linears(blk, block_prefix(model, b), cfg.targets,
+                                                         cfg.ignore).values())
+             for b, blk in enumerate(layers)]
+    try:
+        ratios = allocation.block_ratios(outliers, sizes, cfg.ratio)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if log:
+        log("OWL block ratios: " + " ".join(f"{r:.4f}" for r in ratios))
+    return ratios
+
+
 def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done,
-                     keep_in_memory, d: Dist = distributed.SINGLE):
+                     keep_in_memory, d: Dist = distributed.SINGLE, ratios: list | None = None):
     layers = decoder_layers(model)
     pbar = None
     if progress:
@@ -498,7 +534,8 @@ def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progr
         if cfg.refine_steps:
             with d.step():
                 targets = _run_block(block, inputs, calls[b], dev)  # the dense block's outputs
-        entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg, need_gram,
+        cfg_b = cfg if ratios is None else replace(cfg, ratio=ratios[b])
+        entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg_b, need_gram,
                                   dev, pbar, d)
         if cfg.refine_steps:
             with d.step():
