@@ -117,33 +117,29 @@ if HAVE_NUMBA:
                 consume(col, w, 2 * h + q)
             builder.store(builder.add(pv, builder.zext(builder.call(ctpop, [k]), _I64)), p)
 
-    def _sparse_step32(builder, vptr, p, bits, c, consume):
-        """One 64-column chunk of float32 values: four 16-lane expansions (see above)."""
+    def _expand_lanes16(builder, vptr, p, bits, c, consume, elem, name, widen):
+        """One 64-column chunk of ``elem`` values: four 16-lane expansions
+        (``llvm.masked.expandload.<name>``), each widened to float32 by ``widen`` (see above)."""
         vb = ir.VectorType(ir.IntType(1), 16)
-        expand = _declare(builder, "llvm.masked.expandload.v16f32", _VF, [_F32.as_pointer(), vb, _VF])
+        vec = ir.VectorType(elem, 16)
+        expand = _declare(builder, f"llvm.masked.expandload.{name}", vec, [elem.as_pointer(), vb, vec])
         ctpop = _declare(builder, "llvm.ctpop.i16", _I16, [_I16])
         for q in range(4):
             k, lanes = _bits(builder, bits, 16 * q, 16)
             pv = builder.load(p)
-            w = builder.call(expand, [builder.gep(vptr, [pv]), lanes, ir.Constant(_VF, None)])
+            raw = builder.call(expand, [builder.gep(vptr, [pv]), lanes, ir.Constant(vec, None)])
             col = builder.add(builder.mul(c, ir.Constant(_I64, 64)), ir.Constant(_I64, 16 * q))
-            consume(col, w, q)
+            consume(col, widen(raw), q)
             builder.store(builder.add(pv, builder.zext(builder.call(ctpop, [k]), _I64)), p)
 
+    def _sparse_step32(builder, vptr, p, bits, c, consume):
+        """One 64-column chunk of float32 values."""
+        _expand_lanes16(builder, vptr, p, bits, c, consume, _F32, "v16f32", lambda raw: raw)
+
     def _sparse_step8(builder, vptr, p, bits, c, consume):
-        """One 64-column chunk of signed 8-bit codes: four 16-lane expansions, each converted to
-        float32 (see above)."""
-        vb = ir.VectorType(ir.IntType(1), 16)
-        v8 = ir.VectorType(ir.IntType(8), 16)
-        expand = _declare(builder, "llvm.masked.expandload.v16i8", v8, [ir.IntType(8).as_pointer(), vb, v8])
-        ctpop = _declare(builder, "llvm.ctpop.i16", _I16, [_I16])
-        for q in range(4):
-            k, lanes = _bits(builder, bits, 16 * q, 16)
-            pv = builder.load(p)
-            raw = builder.call(expand, [builder.gep(vptr, [pv]), lanes, ir.Constant(v8, None)])
-            col = builder.add(builder.mul(c, ir.Constant(_I64, 64)), ir.Constant(_I64, 16 * q))
-            consume(col, builder.sitofp(raw, _VF), q)
-            builder.store(builder.add(pv, builder.zext(builder.call(ctpop, [k]), _I64)), p)
+        """One 64-column chunk of signed 8-bit codes, converted to float32."""
+        _expand_lanes16(builder, vptr, p, bits, c, consume, ir.IntType(8), "v16i8",
+                       lambda raw: builder.sitofp(raw, _VF))
 
     _KIND = {"uint16": "f16", "int16": "bf16", "float32": "f32", "int8": "i8"}
 

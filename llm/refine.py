@@ -69,6 +69,7 @@ def refine_block(block, inputs: list, calls: list, targets: list, device, steps:
     frozen = [p for p in block.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+    kept = [p.detach() for p in params]  # what goes back if the tuning fails
     try:
         best = _block_loss(block, inputs, calls, targets, device, backward=False)
         start, kept = best, [p.detach().clone() for p in params]
@@ -85,7 +86,7 @@ def refine_block(block, inputs: list, calls: list, targets: list, device, steps:
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        it = iter(kept if "kept" in locals() else [p.detach() for p in params])
+        it = iter(kept)
         for mod in layers:
             for name in tunable_buffers(mod):
                 mod._buffers[name] = next(it).to(dtypes[(id(mod), name)])
