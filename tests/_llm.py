@@ -43,3 +43,30 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` except the manifest and the log, by relative path."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
             if p.is_file() and p.name not in ("manifest.json", "layers.log")}
+
+
+def parts_abs(mod) -> torch.Tensor:
+    """|S| + |U||V|ᵀ + |c|·1ᵀ (+ the larger |level| per row): entrywise ≥ |Ŵ|, the size of the
+    numbers a path adds up, whatever the order in which it combines the parts."""
+    A = mod.sparse_dense(torch.float64).abs()
+    if mod.rank:
+        A += mod.U.double().abs() @ mod.V.double().abs().T
+    if mod.row_offset is not None:
+        A += mod.row_offset.double().abs()[:, None]
+    if mod.levels is not None:
+        A += mod.levels.double().abs().max(0).values[:, None]
+    return A
+
+
+def check_forward(mod, y: torch.Tensor, x: torch.Tensor, rtol: float = 1e-5) -> None:
+    """y equals x Ŵᵀ + bias within rtol of |x| Aᵀ + |bias|, A = ``parts_abs(mod)``: the error
+    float32 sums can make whatever order a path adds the parts in (a weight that cancels between
+    S and L is no smaller for it)."""
+    W = mod.reconstruct(torch.float64)
+    x64 = x.reshape(-1, mod.in_features).to(torch.float64)
+    bias = torch.zeros(mod.out_features, dtype=torch.float64) if mod.bias is None else mod.bias.double()
+    ref = x64 @ W.T + bias
+    scale = x64.abs() @ parts_abs(mod).T + bias.abs()
+    err = (y.reshape(ref.shape).to(torch.float64) - ref).abs()
+    assert y.shape[-1] == mod.out_features
+    assert bool((err <= rtol * scale + 1e-30).all()), float((err / scale.clamp_min(1e-30)).max())

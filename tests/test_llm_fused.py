@@ -27,36 +27,11 @@ from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
 
-RTOL = 1e-5
+from ._llm import check_forward as _check  # noqa: E402
 
 
 def _need_numba():
     pytest.importorskip("numba")
-
-
-def _parts_abs(mod: SLaBLinear) -> torch.Tensor:
-    """|S| + |U||V|ᵀ + |c|·1ᵀ (+ the larger |level| per row): entrywise ≥ |Ŵ|, the size of the
-    numbers a path adds up, whatever the order in which it combines the parts."""
-    A = mod.sparse_dense(torch.float64).abs()
-    if mod.rank:
-        A += mod.U.double().abs() @ mod.V.double().abs().T
-    if mod.row_offset is not None:
-        A += mod.row_offset.double().abs()[:, None]
-    if mod.levels is not None:
-        A += mod.levels.double().abs().max(0).values[:, None]
-    return A
-
-
-def _check(mod: SLaBLinear, y: torch.Tensor, x: torch.Tensor) -> None:
-    """y equals x Ŵᵀ + bias within RTOL of the absolute-value product (see the module docstring)."""
-    W = mod.reconstruct(torch.float64)
-    x64 = x.reshape(-1, mod.in_features).to(torch.float64)
-    bias = torch.zeros(mod.out_features, dtype=torch.float64) if mod.bias is None else mod.bias.double()
-    ref = x64 @ W.T + bias
-    scale = x64.abs() @ _parts_abs(mod).T + bias.abs()
-    err = (y.reshape(ref.shape).to(torch.float64) - ref).abs()
-    assert y.shape[-1] == mod.out_features
-    assert bool((err <= RTOL * scale + 1e-30).all()), float((err / scale.clamp_min(1e-30)).max())
 
 
 def _solved(m: int, n: int, rank: int, method: str = "alternating", pattern: str = "row",

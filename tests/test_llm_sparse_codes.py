@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -26,7 +26,7 @@ from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
 
-from ._llm import save_checkpoint, tiny_model  # noqa: E402
+from ._llm import check_forward, save_checkpoint, tiny_model  # noqa: E402
 from ._llm import windows as _windows  # noqa: E402
 
 
@@ -164,14 +164,13 @@ def _random_coded_layer(m, n, k, q, rank, seed):
 @settings(max_examples=60, deadline=None)
 @given(m=st.integers(1, 40), n=st.integers(1, 200), frac=st.floats(0, 1), q=st.integers(2, 8),
        rank=st.integers(0, 3), rows=st.integers(1, 6), seed=st.integers(0, 2**16))
+@example(m=10, n=1, frac=1.0, q=4, rank=2, rows=2, seed=1193)  # S and L⊙B cancel (CI, stop 18)
 def test_fused_forward_of_random_coded_layers(m, n, frac, q, rank, rows, seed):
     """Any count per row (0..n), any q, odd n: fused and blocked forward equal x Ŵᵀ."""
     pytest.importorskip("numba")
     mod = _random_coded_layer(m, n, round(frac * n), q, rank, seed)
     assert mod.fused_supported()
     x = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed + 1))
-    want = (x.double() @ mod.reconstruct(torch.float64).T).float()
-    scale = (x.abs().double() @ mod.reconstruct(torch.float64).abs().T).float() + 1e-6
     with torch.no_grad():
         for got in (mod.fused_forward(x), mod.blocked_forward(x)):
-            assert torch.all((got - want).abs() <= 1e-5 * scale)
+            check_forward(mod, got, x)
