@@ -166,3 +166,14 @@ def mask_from_indices(xp: ModuleType, shape: tuple[int, ...], idx: Any) -> Any:
     flat = xp.zeros(rows * n, dtype=xp.bool, device=dev)
     flat[xp.reshape(flat_idx, (-1,))] = True
     return xp.reshape(flat, shape)
+
+
+BLOCK_ENTRIES = 1 << 20  # entries of a matrix per row block of :func:`row_blocks` (4 MiB in float32)
+
+
+def row_blocks(m: int, n: int, entries: int | None = None) -> list[slice]:
+    """Row slices that cover rows 0..m−1 in order, each of at least one row and about ``entries``
+    (default ``BLOCK_ENTRIES``) entries of an m×n matrix (work done block by block keeps its
+    temporaries in cache)."""
+    step = max(1, (BLOCK_ENTRIES if entries is None else entries) // max(n, 1))
+    return [slice(i, min(i + step, m)) for i in range(0, m, step)]

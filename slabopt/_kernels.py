@@ -465,11 +465,3 @@ class RowKernel:
         S = np.empty_like(self.W) if out is None else out
         sparse_part(self.W, self.B_prev, kind, u, v, Lm, self.consts, self.mask, S)
         return S
-
-    def signs(self) -> np.ndarray:
-        """B of the last step as the ±1 matrix in W's dtype."""
-        out = np.empty_like(self.W)
-        out[...] = self.B
-        out *= 2
-        out -= 1
-        return out

@@ -10,7 +10,7 @@ from . import _backend as bk
 from ._validation import as_matrix, check_int, check_real, resolve_activations
 from .budget import budget as make_budget
 from .budget import storage_bits
-from .objective import diagonal_objective, full_objective
+from .objective import blockwise_objectives
 from .problem import Problem
 from .registry import get_method
 from .result import SolveResult, SparseMatrix
@@ -183,6 +183,30 @@ def _with_progress(callback: Callable | None, total: int, name: str) -> Callable
     return report
 
 
+def _weight_rows(dec: Any, W: Any) -> Callable[[slice], Any]:
+    """Ŵ[rows] of a solver's parts (S taken on its mask only, as it is stored), for
+    :func:`slabopt.objective.blockwise_objectives`."""
+    xp = bk.namespace(W)
+    zero = xp.zeros((), dtype=W.dtype, device=bk.device(W))
+
+    def rows_of(rows: slice) -> Any:
+        if dec.mask is None:
+            S = xp.zeros((rows.stop - rows.start, W.shape[1]), dtype=W.dtype, device=bk.device(W))
+        else:
+            S = xp.where(dec.mask[rows, :], dec.S[rows, :], zero)
+        return dense_weight(
+            S,
+            U=None if dec.U is None else dec.U[rows, :],
+            V=dec.V,
+            B=None if dec.B is None else dec.B[rows, :],
+            levels=None if dec.levels is None else dec.levels[:, rows],
+            row_offset=None if dec.row_offset is None else dec.row_offset[rows],
+            quant=dec.quant,
+        )
+
+    return rows_of
+
+
 def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict) -> SolveResult:
     """Compact S, pack B, count the achieved bits and evaluate the objectives of Ŵ."""
     xp, bud = problem.xp, problem.budget
@@ -193,8 +217,6 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         sparse = SparseMatrix.from_mask(xp.zeros_like(W), no_entries)
     else:
         sparse = SparseMatrix.from_mask(dec.S, dec.mask)
-    W_hat = dense_weight(sparse.to_dense(), U=dec.U, V=dec.V, B=dec.B, levels=dec.levels,
-                         row_offset=dec.row_offset, quant=dec.quant)
     rank = 0 if dec.U is None else int(dec.U.shape[1])
     row_values = (0 if dec.levels is None else 2) + (0 if dec.row_offset is None else 1)
     layout = None if dec.quant is None else dec.quant.layout
@@ -204,8 +226,9 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
                         row_values, quant=layout, position_bits=bud.position_bits(sparse.nnz),
                         sparse_bits=None if dec.sparse_codes is None else dec.sparse_codes.bits)
     scale2 = problem.d_scale**2
-    E = W - W_hat
-    gram = problem.gram
+    whole = None if dec.quant is None else [slice(0, m)]  # a quantised part is added as a whole
+    objs = blockwise_objectives(W, _weight_rows(dec, W), problem.d, problem.gram, problem.damping, whole)
+    zero = blockwise_objectives(W, lambda rows: 0, problem.d, blocks=whole).diagonal
     return SolveResult(
         method=name,
         shape=(m, n),
@@ -217,9 +240,9 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         dense_bits=bud.dense_bits,
         requested_ratio=bud.requested_ratio,
         budget=bud,
-        objective=diagonal_objective(E, problem.d) * scale2,
-        objective_full=None if gram is None else full_objective(E, gram, problem.damping) * scale2,
-        objective_zero=diagonal_objective(W, problem.d) * scale2,
+        objective=objs.diagonal * scale2,
+        objective_full=None if objs.full is None else objs.full * scale2,
+        objective_zero=zero * scale2,
         history=[h * scale2 for h in dec.history],
         n_iter=len(dec.history),
         converged=dec.converged,

@@ -6,6 +6,7 @@ full      g(Ŵ) = tr((W − Ŵ) H (W − Ŵ)ᵀ),  H = XᵀX + λ·mean(diag X�
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from . import _backend as bk
@@ -29,6 +30,31 @@ def full_objective(E: Any, gram: Any, damping: float = DEFAULT_DAMPING) -> float
     xp = bk.namespace(E)
     H = damped_gram(gram, damping)
     return bk.to_float(xp.sum((E @ H) * E))
+
+
+def blockwise_objectives(
+    W: Any,
+    weight_rows: Callable[[slice], Any],
+    d: Any,
+    gram: Any = None,
+    damping: float = DEFAULT_DAMPING,
+    blocks: list[slice] | None = None,
+) -> Objectives:
+    """Both objectives of Ŵ given by its rows, Ŵ[rows] = ``weight_rows(rows)``, summed block by
+    block: f = Σ_b ‖(W_b − Ŵ_b) D‖_F², g = Σ_b tr(E_b H E_bᵀ) (``None`` without ``gram``).
+
+    Both are sums over rows, so only one block of Ŵ and of E = W − Ŵ exists at a time (no m×n
+    temporaries); ``blocks`` defaults to :func:`slabopt._backend.row_blocks`.
+    """
+    m, n = W.shape
+    H = None if gram is None else damped_gram(gram, damping)
+    f, g = 0.0, 0.0
+    for rows in bk.row_blocks(m, n) if blocks is None else blocks:
+        E = W[rows, :] - weight_rows(rows)
+        f += diagonal_objective(E, d)
+        if H is not None:
+            g += bk.to_float(bk.namespace(E).sum((E @ H) * E))
+    return Objectives(diagonal=f, full=None if H is None else g)
 
 
 def objective(

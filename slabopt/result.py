@@ -32,15 +32,22 @@ class SparseMatrix:
 
     @classmethod
     def from_mask(cls, S: Any, mask: Any) -> SparseMatrix:
-        """Compact the dense ``S`` at the True entries of ``mask`` (row-major order)."""
+        """Compact the dense ``S`` at the True entries of ``mask`` (row-major order), one block of
+        rows at a time (:func:`slabopt._backend.row_blocks`: no m×n index temporaries)."""
         xp = bk.namespace(S)
         m, n = S.shape
-        flat = xp.nonzero(xp.reshape(mask, (-1,)))[0]  # row-major positions i·n + j
+        dev = bk.device(S)
         counts = xp.astype(xp.count_nonzero(mask, axis=1), xp.int64)
-        zero = xp.zeros(1, dtype=xp.int64, device=bk.device(S))
-        indptr = xp.concat([zero, xp.cumulative_sum(counts)])
-        cols = xp.astype(flat % n, xp.int32)
-        return cls(indptr, cols, xp.take(xp.reshape(S, (-1,)), flat), (m, n))
+        indptr = xp.concat([xp.zeros(1, dtype=xp.int64, device=dev), xp.cumulative_sum(counts)])
+        starts = bk.to_numpy(indptr).tolist()
+        values = xp.empty(starts[-1], dtype=S.dtype, device=dev)
+        cols = xp.empty(starts[-1], dtype=xp.int32, device=dev)
+        for rows in bk.row_blocks(m, n):
+            at = slice(starts[rows.start], starts[rows.stop])
+            flat = xp.nonzero(xp.reshape(mask[rows, :], (-1,)))[0]  # positions i·n + j in the block
+            cols[at] = xp.astype(flat % n, xp.int32)
+            values[at] = xp.take(xp.reshape(S[rows, :], (-1,)), flat)
+        return cls(indptr, cols, values, (m, n))
 
     def to_dense(self) -> Any:
         """The m×n dense S."""

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import slabopt
+from slabopt import _backend as bk
 from slabopt import pack_signs, unpack_signs
 
 
@@ -50,6 +51,32 @@ def test_result_parts_are_consistent(pattern):
     assert 0 < res.relative_error < 1
     assert res.n_iter == len(res.history) and res.wall_time > 0
     assert "SolveResult(method='alternating'" in repr(res)
+
+
+@pytest.mark.parametrize("method", sorted(slabopt.methods()))
+def test_packaging_in_row_blocks_equals_the_whole_matrix(monkeypatch, method):
+    """S is compacted and the objectives summed in row blocks (here of 2 rows, the last of 1): the
+    stored parts are those of one whole-matrix block, and the objectives are those of the dense
+    Ŵ = ``reconstruct()``."""
+    rng = np.random.default_rng(5)
+    W = rng.standard_t(4, size=(13, 24))
+    X = rng.standard_normal((60, 24))
+    results = []
+    for entries in (10**9, 48):
+        monkeypatch.setattr(bk, "BLOCK_ENTRIES", entries)
+        results.append(slabopt.solve(W, X, ratio=0.5, rank=2, method=method, max_iter=3, tol=0))
+    whole, blocks = results
+    assert len(bk.row_blocks(13, 24)) == 7
+    for name in ("indptr", "indices", "values"):
+        np.testing.assert_array_equal(getattr(whole.sparse, name), getattr(blocks.sparse, name))
+    np.testing.assert_array_equal(whole.reconstruct(), blocks.reconstruct())
+    E = W - blocks.reconstruct()
+    H = X.T @ X
+    H += 0.01 * np.mean(np.diag(H)) * np.eye(24)
+    for res in (whole, blocks):
+        assert res.objective == pytest.approx(np.sum((E * np.linalg.norm(X, axis=0)) ** 2), rel=1e-10)
+        assert res.objective_full == pytest.approx(np.trace(E @ H @ E.T), rel=1e-10)
+        assert res.objective_zero == pytest.approx(np.sum((W * np.linalg.norm(X, axis=0)) ** 2), rel=1e-12)
 
 
 def test_statistics_inputs_are_equivalent():

@@ -215,6 +215,21 @@ def lowrank_factors(
     return P * root, V, Q
 
 
+def warm_power_iterations(rank: int, power_iters: int, warm_power_iters: int | None) -> int:
+    """Power iterations of a sketch warm-started from the previous iteration's right singular
+    vectors Q (``warm_power_iters``; ``None``: 0 at rank 1, ``power_iters`` otherwise).
+
+    The warm sketch M[Q Ω] spans M Q, so its Rayleigh–Ritz step is never worse than the previous
+    factors (descent holds for any q), and repeated across iterations it is a subspace iteration
+    that follows the slowly changing M. At rank 1 the gap σ₁ ≫ σ_{r+p+1} of M = (R ⊙ B)D (|R| is
+    nearly rank 1) makes the extra passes useless: on the benchmark layers q = 0 ends within 1e-6
+    of q = 2 after 20 iterations (docs/benchmarks.md); at larger ranks they still pay.
+    """
+    if warm_power_iters is None:
+        return 0 if rank == 1 else power_iters
+    return check_int("warm_power_iters", warm_power_iters, 0)
+
+
 def use_kernel(problem: Problem, kernel: str) -> bool:
     """Whether the loop runs the numba row kernel: ``"auto"`` when it is available and applies
     (:func:`slabopt._kernels.applies`), ``"numba"`` demands it (ValueError otherwise), ``"numpy"``
@@ -244,6 +259,7 @@ def alternating(
     power_iters: int = 2,
     oversample: int = 10,
     warm_start: bool = True,
+    warm_power_iters: int | None = None,
     kernel: str = "auto",
 ) -> Decomposition:
     """Alternate the sparse, binary and low-rank steps (docs/formulation.md §5.1-§5.4).
@@ -254,6 +270,8 @@ def alternating(
     svd : "auto" (randomized when r + p ≤ min(m, n)/4), "exact" or "randomized"
     power_iters, oversample : randomized range finder settings (q and p)
     warm_start : start each sketch from the previous iteration's right singular vectors
+    warm_power_iters : power iterations of a warm-started sketch; ``None`` (default): 0 at rank 1,
+        ``power_iters`` otherwise (see :func:`warm_power_iterations`)
     kernel : "auto" (the numba row kernel when installed and applicable, else NumPy), "numba"
         (demand the kernel) or "numpy" (the reference array-API loop); same iterates either way
     """
@@ -264,6 +282,7 @@ def alternating(
     kernel = check_choice("kernel", kernel, KERNELS)
     xp, budget, d = problem.xp, problem.budget, problem.d
     r = budget.rank
+    warm_q = warm_power_iterations(r, power_iters, warm_power_iters)
     weighted = variant == "weighted"
 
     if r == 0:  # nothing to alternate with: one exact sparse step
@@ -272,7 +291,8 @@ def alternating(
         problem.report(1, f)
         return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
 
-    svd_options = dict(svd=svd, oversample=oversample, power_iters=power_iters, warm_start=warm_start)
+    svd_options = dict(svd=svd, oversample=oversample, power_iters=power_iters, warm_start=warm_start,
+                       warm_power_iters=warm_q)
     if use_kernel(problem, kernel):
         return fused_loop(problem, weighted, **svd_options)
     W = problem.W
@@ -305,7 +325,7 @@ def alternating(
             weighted=weighted,
             svd=svd,
             oversample=oversample,
-            power_iters=power_iters,
+            power_iters=power_iters if Q_prev is None or not warm_start else warm_q,
             seed=problem.seed + it,
             start=Q_prev if warm_start else None,
             overwrite=True,
@@ -346,6 +366,7 @@ def fused_loop(
     oversample: int,
     power_iters: int,
     warm_start: bool,
+    warm_power_iters: int,
 ) -> Decomposition:
     """The loop of :func:`alternating` with the sparse, binary and SVD-target steps of each
     iteration done by one row pass of :class:`slabopt._kernels.RowKernel` (same iterates)."""
@@ -357,9 +378,11 @@ def fused_loop(
     converged = False
     for it in range(problem.max_iter):
         kern.step(U, V, L)  # S, B and M = (R ⊙ B) D of this iteration
+        start = Q_prev if warm_start else None
         U_new, V_new, Q = lowrank_factors(
             problem, kern.M, r, weighted=weighted, svd=svd, oversample=oversample,
-            power_iters=power_iters, seed=problem.seed + it, start=Q_prev if warm_start else None,
+            power_iters=power_iters if start is None else warm_power_iters, seed=problem.seed + it,
+            start=start,
         )
         if scratch is None:
             scratch = problem.xp.empty_like(problem.W)
@@ -380,7 +403,7 @@ def fused_loop(
         mask=kern.mask,
         U=U,
         V=V,
-        B=kern.signs(),
+        B=kern.B,  # boolean (True = +1): packed and used as is, no m×n ±1 matrix
         history=history,
         converged=converged,
         message=problem.stop_message(converged),
