@@ -184,6 +184,23 @@ def test_rank_one_warm_sketches_cost_no_objective():
         assert fast.objective <= min(slow.objective, exact.objective) * (1 + 1e-4)
 
 
+@given(seed=st.integers(0, 10**6), m=st.integers(12, 40), n=st.integers(12, 40), r=st.integers(1, 3),
+       p=st.integers(0, 3))
+def test_warm_sketch_without_power_iterations_never_loses_to_its_start(seed, m, n, r, p):
+    """docs/formulation.md §5.3: with test matrix [Q Ω] and no power iteration, the rank-r result
+    is at least as good as M Q Qᵀ, hence as any U Qᵀ (the previous factors among them)."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_t(3, size=(m, n))
+    Q = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    P, s, Qn = alt.truncated_svd(M, r, method="randomized", oversample=p, power_iters=0, seed=seed,
+                                 start=Q)
+    new = np.sum((M - (P * s) @ Qn.T) ** 2)
+    projected = np.sum((M - M @ Q @ Q.T) ** 2)
+    other = np.sum((M - rng.standard_normal((m, r)) @ Q.T) ** 2)
+    assert new <= projected * (1 + 1e-10) + 1e-12 * np.sum(M**2)
+    assert projected <= other * (1 + 1e-10)
+
+
 def test_randomized_svd_objective_close_to_exact():
     """The randomized range finder loses < 0.5% objective against the exact SVD."""
     rng = np.random.default_rng(2)
