@@ -309,7 +309,7 @@ def bench_model(folders: dict[str, str], new_tokens: int = 32, reps: int = 3, ro
 
 
 # ------------------------------------------------------------------------------------ plot
-def plot() -> None:
+def plot(part: str = "layers") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,7 +318,7 @@ def plot() -> None:
     data = json.loads(RESULTS.read_text())
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     variants = ("dense fp32", "dense bf16", "compressed fused")
-    rows = [r for r in data["layers"]["rows"] if r["ratio"] == 0.5]
+    rows = [r for r in data[part]["rows"] if r["ratio"] == 0.5]
     for threads, ax in zip(THREADS, axes, strict=True):
         sel = [r for r in rows if r["threads"] == threads]
         width = 0.27
@@ -341,12 +341,12 @@ def tables() -> str:
     data = json.loads(RESULTS.read_text())
     out = []
     names = ("dense fp32", "dense bf16", "compressed fused", REF)
-    for threads in THREADS:
-        out += [f"\n**Batch-1 matvec, {threads} thread{'s' * (threads > 1)}** (ms, median / min; "
+    for part, threads in ((p, t) for p in data if p.startswith("layers") for t in THREADS):
+        out += [f"\n**Batch-1 matvec (`{part}`), {threads} thread{'s' * (threads > 1)}** (ms, median / min; "
                 "fused ÷ fp32 and fused ÷ bf16 of the medians)\n",
                 "| layer | m×n | ratio | " + " | ".join(names) + " | fused/fp32 | fused/bf16 |",
                 "|---|---|---|" + "---|" * (len(names) + 2)]
-        for r in data["layers"]["rows"]:
+        for r in data[part]["rows"]:
             if r["threads"] != threads:
                 continue
             cells = [f"{r[v]['median_ms']:.3f} / {r[v]['min_ms']:.3f}" for v in names]
@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     lay = sub.add_parser("layers")
     lay.add_argument("--reps", type=int, default=30)
     lay.add_argument("--ref-reps", type=int, default=3, help="reps of the slow reference on Llama shapes")
+    lay.add_argument("--part", default="layers", help="entry of the results file to write (default: layers)")
     mod = sub.add_parser("model")
     mod.add_argument("--folder", action="append", default=[], help="RATIO=DIR of a compressed SmolLM2")
     mod.add_argument("--new-tokens", type=int, default=32)
@@ -403,14 +404,15 @@ def main(argv: list[str] | None = None) -> None:
     ch.add_argument("--threads", type=int, default=1)
     ch.add_argument("--new-tokens", type=int, default=32)
     ch.add_argument("--reps", type=int, default=3)
-    sub.add_parser("plot")
+    pl = sub.add_parser("plot")
+    pl.add_argument("--part", default="layers", help="layers entry of the results file (default: layers)")
     sub.add_parser("tables")
     sub.add_parser("rows")
     args = ap.parse_args(argv)
     if args.cmd == "layers":
         info = _machine()
         rows = bench_layers(args.reps, args.ref_reps)
-        _save("layers", {"machine": {**info, "loadavg_end": os.getloadavg()}, "command": " ".join(sys.argv),
+        _save(args.part, {"machine": {**info, "loadavg_end": os.getloadavg()}, "command": " ".join(sys.argv),
                          "rows": rows})
     elif args.cmd == "model":
         info = _machine()
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "tables":
         print(tables())
     else:
-        plot()
+        plot(args.part)
 
 
 if __name__ == "__main__":
