@@ -26,6 +26,7 @@ float32. Rows are split over threads with ``prange``.
 from __future__ import annotations
 
 from functools import cache
+from types import FunctionType
 
 import numpy as np
 
@@ -39,6 +40,17 @@ try:  # pragma: no cover - depends on the environment
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
+
+def _renamed(func, suffix: str):
+    """A copy of ``func`` named ``func.__name__ + suffix``. numba keys its on-disk cache by the
+    module, qualified name and line of the Python function, not by ``parallel=True``: compiled from
+    one function, the serial and the parallel kernel would share one cache entry, and whichever
+    was compiled first would be loaded for both (two threads running as one)."""
+    copy = FunctionType(func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__,
+                        func.__closure__)
+    copy.__qualname__ = func.__qualname__ + suffix
+    return copy
+
 
 # input rows up to which the fused kernel beats a blocked rebuild of Ŵ and a matmul (one thread,
 # ratio 0.5, rank 1; ``python -m benchmarks.decode_speed rows``): 2 for SmolLM2's layers, 4 for
@@ -384,11 +396,11 @@ if HAVE_NUMBA:
     _tail_start = njit(inline="always", cache=True)(_tail_start)
     _scatter_tail = njit(inline="always", cache=True)(_scatter_tail)
     _decode_serial = njit(cache=True)(_decode)
-    _decode_parallel = njit(parallel=True, cache=True)(_decode)
+    _decode_parallel = njit(parallel=True, cache=True)(_renamed(_decode, "_parallel"))
     _sparse_tail = njit(inline="always", cache=True)(_sparse_tail)
     _sign_tail = njit(inline="always", cache=True)(_sign_tail)
     _kernel_serial = njit(cache=True)(_kernel)
-    _kernel_parallel = njit(parallel=True, cache=True)(_kernel)
+    _kernel_parallel = njit(parallel=True, cache=True)(_renamed(_kernel, "_parallel"))
 
 
 # ----------------------------------------------------------------------------------- Python side

@@ -198,6 +198,25 @@ def test_parallel_kernels_equal_serial(monkeypatch):
     _check(mod, y8, x8)
 
 
+def test_every_cached_kernel_has_its_own_cache_file():
+    """numba keys its on-disk cache by module, qualified name and line, not by ``parallel=True``:
+    serial and parallel variants of one Python function shared one entry, so the parallel forward
+    loaded the serial machine code and two threads ran as one. Each cached kernel needs its file."""
+    _need_numba()
+    from numba.core.registry import CPUDispatcher
+
+    from slabopt import _kernels
+
+    files = {}
+    for module in (fused, _kernels):
+        for name, obj in vars(module).items():
+            cache_file = getattr(getattr(obj, "_cache", None), "_cache_file", None)
+            if isinstance(obj, CPUDispatcher) and cache_file is not None:
+                files[f"{module.__name__}.{name}"] = cache_file._index_name
+    assert {"slabopt.llm.fused._kernel_parallel", "slabopt.llm.fused._decode_parallel"} <= set(files)
+    assert len(set(files.values())) == len(files), files
+
+
 def test_gradients_take_the_reference():
     mod = _solved(12, 24, 1)
     x = torch.randn(2, 24, requires_grad=True)
