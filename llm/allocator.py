@@ -12,6 +12,11 @@ then creeps up by the retained heap (measured in ``docs/benchmarks.md``, "Memory
 the free pages of every arena. Both are process-wide allocator settings, so the pipeline calls the
 first only from its own entry point (:func:`.pipeline.compress_checkpoint`, what ``slabopt
 compress`` runs), and the second, which changes no setting, after every solved layer.
+
+:func:`page_out` is for memory that is not the heap's: it advises the kernel (``madvise``
+``MADV_PAGEOUT``, Linux ≥ 5.4) to reclaim the pages of a tensor that lives on a file mapping and
+will rarely be read again; clean file pages leave the resident set and are read from the file when
+touched, anonymous pages are swapped out or left alone, never lost.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import mmap
+from typing import Any
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 DEFAULT_THRESHOLD = 1 << 20  # bytes: 1 MiB
+MADV_PAGEOUT = 21  # Linux <sys/mman.h>, since 5.4
 
 
 @functools.cache
@@ -33,6 +41,8 @@ def _libc() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(name)
         lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
         lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        lib.madvise.restype = ctypes.c_int
     except (OSError, AttributeError, TypeError):
         return None
     return lib
@@ -54,3 +64,15 @@ def limit_heap_retention(threshold: int = DEFAULT_THRESHOLD) -> bool:
     if lib is None:
         return False
     return bool(lib.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(lib.mallopt(M_TRIM_THRESHOLD, threshold))
+
+
+def page_out(tensor: Any) -> bool:
+    """Advise the kernel to reclaim the whole pages inside ``tensor``'s memory (a CPU torch tensor),
+    ``madvise(MADV_PAGEOUT)``. True when the kernel accepted; False without glibc, on kernels
+    without the advice, or when no whole page lies inside. The data stay valid either way."""
+    lib = _libc()
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    hi = end // mmap.PAGESIZE * mmap.PAGESIZE
+    return lib is not None and hi > lo and lib.madvise(lo, hi - lo, MADV_PAGEOUT) == 0

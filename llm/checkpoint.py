@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .allocator import release_freed_memory
+from .allocator import page_out, release_freed_memory
 from .arch import decoder_layers, set_module
 from .data import sha256_file
 from .errors import UserError
@@ -469,5 +469,7 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, v
     for mod in model.modules():
         if isinstance(mod, SLaBLinear):
             mod.use_fused = fused
+            if fused and mod.prepare_fused():  # codes unpacked for the kernel: the packed ones are
+                page_out(mod.values)  # read again only to save, reconstruct or for the reference
     release_freed_memory()  # the loading's temporaries, kept by glibc's heap otherwise
     return model, man

@@ -389,6 +389,13 @@ class SLaBLinear(nn.Module):
             torch.matmul(X, torch.from_numpy(W).T, out=Y[:, i0:i1])
         return self._add_bias(Y)
 
+    def prepare_fused(self) -> bool:
+        """Build the fused kernel's arrays now (else at the first forward). True when they hold a
+        decoded copy of ``values`` (codes of fewer than 8 bits, unpacked into one byte each), so
+        that the kernel no longer reads the packed buffer."""
+        p = self._packed_parts()
+        return p is not None and hasattr(self, "value_layout") and int(self.value_layout[0]) < 8
+
     def _packed_parts(self) -> _Packed | None:
         """The numba kernels' arrays (views of the buffers, plus the small float32 copies), built
         once; ``None`` when the layer is not :meth:`fused_supported` or set padding bits of the

@@ -65,3 +65,39 @@ def test_pipeline_trims_after_every_layer(monkeypatch, tmp_path):
                             progress=False, log=None)
     n_linear = 7 * len(pipeline.decoder_layers(model))
     assert len(calls) == n_linear + len(pipeline.decoder_layers(model))
+
+
+def _rss_bytes() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+
+def test_page_out_drops_file_pages_and_keeps_their_data(tmp_path):
+    """A tensor on a file mapping: after ``page_out`` its pages leave the resident set and read back
+    unchanged from the file."""
+    import mmap
+
+    import numpy as np
+    import torch
+
+    size = 32 << 20
+    path = tmp_path / "blob"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    with open(path, "rb") as fh:
+        view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    t = torch.frombuffer(view, dtype=torch.uint8)
+    total = int(t.sum(dtype=torch.int64))  # every page read: resident
+    before = _rss_bytes()
+    if not allocator.page_out(t):
+        pytest.skip("the kernel refused MADV_PAGEOUT (Linux < 5.4?)")
+    assert before - _rss_bytes() > 0.5 * size
+    assert int(t.sum(dtype=torch.int64)) == total
+
+
+def test_page_out_keeps_anonymous_memory_and_refuses_nothing_else():
+    import torch
+
+    t = torch.randn(1 << 20)
+    want = t.clone()
+    allocator.page_out(t)
+    assert torch.equal(t, want)
+    assert allocator.page_out(torch.zeros(10)) is False  # no whole page inside: nothing advised

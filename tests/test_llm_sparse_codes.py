@@ -98,6 +98,29 @@ def test_compress_save_load_with_codes(tmp_path):
                        positions="bitmask", sparse_bits=4, progress=False, log=None, resume=True)
 
 
+@pytest.mark.parametrize("q", [4, 8])
+def test_loading_unpacks_codes_below_8_bits_once_and_pages_out_the_packed_ones(tmp_path, monkeypatch, q):
+    """q < 8: the kernel reads one byte per value, unpacked when the model is loaded; the packed
+    codes' pages are then advised out (read back from the file only to save, reconstruct or run
+    the reference path). q = 8 is read in place and keeps its pages."""
+    pytest.importorskip("numba")
+    from slabopt.llm import checkpoint
+
+    model = tiny_model()
+    out = tmp_path / f"q{q}"
+    compress_model(model, _windows(), out, method="slab", ratio=0.5, rank=1, max_iter=2,
+                   positions="bitmask", sparse_bits=q, progress=False, log=None)
+    advised = []
+    monkeypatch.setattr(checkpoint, "page_out", lambda t: advised.append(t.data_ptr()) or True)
+    loaded, _ = load_compressed(out)
+    layers = [m for m in loaded.modules() if isinstance(m, SLaBLinear)]
+    assert all(m._packed for m in layers)  # built at load
+    assert sorted(advised) == (sorted(m.values.data_ptr() for m in layers) if q < 8 else [])
+    ids = _windows()[:1]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_codes_keep_more_entries_at_equal_bytes(tmp_path):
     sizes = {}
     for q in (None, 8):
