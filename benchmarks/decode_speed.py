@@ -359,7 +359,7 @@ def tables() -> str:
                 "runs in each of two rounds, and the best run; memory in MiB after generating, of the last "
                 "round)\n",
                 "| model | weights dtype | threads | tokens/s round 1 (median) | round 2 (median) | best | "
-                "tensors | RSS | RSS after malloc_trim | of which file pages | anonymous | shared libs |",
+                "tensors | RSS | RSS after malloc_trim | of which private clean | anonymous | shared clean |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for r in data[part]["rows"]:
