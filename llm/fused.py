@@ -41,6 +41,7 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
+
 def _renamed(func, suffix: str):
     """A copy of ``func`` named ``func.__name__ + suffix``. numba keys its on-disk cache by the
     module, qualified name and line of the Python function, not by ``parallel=True``: compiled from

@@ -27,9 +27,12 @@ def diagonal_objective(E: Any, d: Any) -> float:
 
 def full_objective(E: Any, gram: Any, damping: float = DEFAULT_DAMPING) -> float:
     """g = tr(E H Eᵀ) with H the damped Gram matrix of the undamped ``gram`` = XᵀX."""
-    xp = bk.namespace(E)
-    H = damped_gram(gram, damping)
-    return bk.to_float(xp.sum((E @ H) * E))
+    return trace_form(E, damped_gram(gram, damping))
+
+
+def trace_form(E: Any, H: Any) -> float:
+    """tr(E H Eᵀ) = Σ_ij (E H)_ij E_ij for a given (damped) H."""
+    return bk.to_float(bk.namespace(E).sum((E @ H) * E))
 
 
 def blockwise_objectives(
@@ -53,7 +56,7 @@ def blockwise_objectives(
         E = W[rows, :] - weight_rows(rows)
         f += diagonal_objective(E, d)
         if H is not None:
-            g += bk.to_float(bk.namespace(E).sum((E @ H) * E))
+            g += trace_form(E, H)
     return Objectives(diagonal=f, full=None if H is None else g)
 
 
