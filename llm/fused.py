@@ -415,10 +415,11 @@ def value_table(kind: str) -> np.ndarray:
 
 
 _EMPTY_F32 = np.zeros(0, np.float32)
+_TABLE_KINDS = {np.dtype(np.uint16): "f16", np.dtype(np.int16): "bf16"}  # 16-bit value bit patterns
 
 
 def _table_for(vals: np.ndarray) -> np.ndarray:
-    kind = {np.dtype(np.uint16): "f16", np.dtype(np.int16): "bf16"}.get(vals.dtype)
+    kind = _TABLE_KINDS.get(vals.dtype)
     return _EMPTY_F32 if kind is None else value_table(kind)
 
 

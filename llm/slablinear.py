@@ -319,7 +319,8 @@ class SLaBLinear(nn.Module):
             y = self.fused_forward(xf) if few else self.blocked_forward(xf)
         else:
             y = self.reference_forward(xf)
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        y = y.reshape(*shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias.to(y.dtype)
@@ -367,8 +368,10 @@ class SLaBLinear(nn.Module):
         """y = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias for the rows x of ``xf`` by the
         fused kernel (float32 result; see :func:`.fused.fused_matmul`)."""
         p = self._packed_parts()
-        X = xf.detach().to(torch.float32).contiguous().numpy()
-        Y = fused.fused_matmul(p.values, p.rowptr, p.mask, p.signs, X, p.V, p.aux, p.flags,
+        X = xf.detach()
+        if X.dtype != torch.float32 or not X.is_contiguous():
+            X = X.to(torch.float32).contiguous()
+        Y = fused.fused_matmul(p.values, p.rowptr, p.mask, p.signs, X.numpy(), p.V, p.aux, p.flags,
                                threads=torch.get_num_threads())
         return torch.from_numpy(Y)
 
