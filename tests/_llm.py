@@ -39,6 +39,13 @@ def save_checkpoint(folder: Path, seed: int = 0, layers: int = 2, max_positions:
     return Path(folder)
 
 
+def quick_compress_args(tmp_path: Path) -> list[str]:
+    """``slabopt compress`` arguments for the tiny checkpoint saved under ``tmp_path``: 32
+    calibration tokens in windows of 16, one solver iteration (add ``--out`` and the options)."""
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    return ["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "1"]
+
+
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` except the manifest and the log, by relative path."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))

@@ -18,7 +18,7 @@ from slabopt.llm.arch import block_linears, decoder_layers  # noqa: E402
 from slabopt.llm.checkpoint import load_compressed  # noqa: E402
 from slabopt.llm.pipeline import compress_model  # noqa: E402
 
-from ._llm import save_checkpoint, tiny_model, windows  # noqa: E402
+from ._llm import quick_compress_args, tiny_model, windows  # noqa: E402
 
 DISCRETE = ("mask", "nm_codes", "signs", "value_layout")
 
@@ -61,8 +61,7 @@ def test_refined_folder_reloads_to_the_same_logits(tmp_path):
 
 
 def test_cli_refine_steps(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "ckpt")
-    base = ["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "1"]
+    base = quick_compress_args(tmp_path)
     with pytest.raises(SystemExit) as exc:
         cli.main([*base, "--refine-steps", "-1", "--out", str(tmp_path / "a")])
     assert exc.value.code == 2 and "must be >= 0" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
 
-from ._llm import check_forward, save_checkpoint, tiny_model  # noqa: E402
+from ._llm import check_forward, quick_compress_args, tiny_model  # noqa: E402
 from ._llm import windows as _windows  # noqa: E402
 
 
@@ -134,8 +134,7 @@ def test_codes_keep_more_entries_at_equal_bytes(tmp_path):
 
 
 def test_cli_sparse_bits(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "ckpt")
-    base = ["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "1"]
+    base = quick_compress_args(tmp_path)
     with pytest.raises(SystemExit) as exc:
         cli.main([*base, "--sparse-bits", "9", "--out", str(tmp_path / "a")])
     assert exc.value.code == 2 and "sparse bits must be in [2, 8], got 9" in capsys.readouterr().err
@@ -152,8 +151,7 @@ def test_cli_sparse_bits(tmp_path, capsys):
 def test_cli_compress_defaults_to_the_recipe(tmp_path, capsys):
     """compress: coded values (auto) and a budget that pays for the bitmask unless told otherwise;
     methods without a row sparse part (rtn, global pattern) get no codes instead of an error."""
-    ckpt = save_checkpoint(tmp_path / "ckpt")
-    base = ["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "1"]
+    base = quick_compress_args(tmp_path)
     runs = {"slab": [], "rtn": ["--method", "rtn", "--ratio", "0.7"], "global": ["--pattern", "global"]}
     for name, extra in runs.items():
         code = cli.main([*base, *extra, "--out", str(tmp_path / name)])
