@@ -387,17 +387,24 @@ def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compres
     return names + tok
 
 
-def size_report(folder: Path, layer_log: list) -> dict:
-    """Real bytes on disk of the compressed linear layers vs the same layers dense at 16 bits."""
+def size_report(folder: Path, layer_log: list, value_bits: int | None = None) -> dict:
+    """Real bytes on disk of the compressed linear layers, and their budget, against the same layers
+    dense at their value bits: b·m·n bits each, the budget's dense bits (``value_bits``, default
+    the folder's manifest's setting). ``linear_dense16_bytes`` is the 16-bit dense size, for tables
+    across value bits."""
+    if value_bits is None:
+        value_bits = read_manifest(folder)["settings"]["value_bits"]
     files = sorted((Path(folder) / "blocks").glob("block_*.safetensors"))
     disk = sum(f.stat().st_size for f in files)
-    dense16 = sum(2 * e["shape"][0] * e["shape"][1] for e in layer_log)
+    weights = sum(e["shape"][0] * e["shape"][1] for e in layer_log)
+    dense_bits = value_bits * weights
     budget_bits = sum(e["bits"] for e in layer_log)
     rest = Path(folder) / REST
-    return {"linear_bytes_on_disk": disk, "linear_dense16_bytes": dense16,
-            "linear_disk_ratio": 1 - disk / dense16 if dense16 else 0.0,
+    return {"linear_bytes_on_disk": disk, "linear_dense_bytes": dense_bits // 8,
+            "linear_dense16_bytes": 2 * weights,
+            "linear_disk_ratio": 1 - 8 * disk / dense_bits if dense_bits else 0.0,
             "linear_budget_bytes": budget_bits / 8,
-            "linear_budget_ratio": 1 - budget_bits / (8 * dense16) if dense16 else 0.0,
+            "linear_budget_ratio": 1 - budget_bits / dense_bits if dense_bits else 0.0,
             "rest_bytes_on_disk": rest.stat().st_size if rest.exists() else 0}
 
 

@@ -25,7 +25,7 @@ from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
 
-from ._llm import save_checkpoint, tiny_model  # noqa: E402
+from ._llm import quick_compress_args, save_checkpoint, tiny_model  # noqa: E402
 from ._llm import windows as _windows  # noqa: E402
 
 METHODS = ["slab", "magnitude", "wanda", "sparsegpt", "oats", "svd"]
@@ -477,7 +477,8 @@ def test_cli_pattern_and_value_bits(tiny_checkpoint, tmp_path, capsys):
     base = ["--model", str(tiny_checkpoint), "--calib-tokens", "32", "--seqlen", "16", "--max-iter", "2"]
     out = tmp_path / "nm"
     code, so, err = _run_cli(["compress", *base, "--pattern", "2:4", "--out", str(out)], capsys)
-    assert code == 0, err and "pattern 2:4" in so
+    assert code == 0, err
+    assert "pattern 2:4" in so
     man = json.loads((out / "manifest.json").read_text())
     assert man["settings"]["pattern"] == "2:4" and man["settings"]["ratio"] is None
     assert man["settings"]["sparse_bits"] == "auto"  # compress's recipe: coded values where they apply
@@ -496,6 +497,32 @@ def test_cli_pattern_and_value_bits(tiny_checkpoint, tmp_path, capsys):
     loaded, man = load_compressed(out32)
     assert man["settings"]["value_bits"] == 32
     assert all(m.values.dtype == torch.float32 for m in block_linears(decoder_layers(loaded)[0]).values())
+
+
+@pytest.mark.parametrize("value_bits", [16, 32])
+def test_cli_size_report_measures_against_the_layers_dense_bits(tmp_path, capsys, value_bits):
+    """The budget and disk ratios of the manifest (and printed by compress) are those of the
+    layers' own dense size, b·m·n bits at the run's value bits b (the budget's dense bits), not
+    of a 16-bit dense size: at 32 bits and ratio 0.5 the budget ratio is at least 0.5."""
+    out = tmp_path / "o"
+    code = cli.main([*quick_compress_args(tmp_path), "--value-bits", str(value_bits), "--ratio", "0.5",
+                     "--out", str(out)])
+    so, err = capsys.readouterr()
+    assert code == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["value_bits"] == value_bits
+    dense_bits = sum(value_bits * e["shape"][0] * e["shape"][1] for e in man["layers"])
+    budget_bits = sum(e["bits"] for e in man["layers"])
+    disk_bytes = sum(f.stat().st_size for f in (out / "blocks").glob("block_*.safetensors"))
+    s = man["sizes"]
+    assert s["linear_budget_ratio"] == pytest.approx(1 - budget_bits / dense_bits, rel=1e-12)
+    assert s["linear_disk_ratio"] == pytest.approx(1 - 8 * disk_bytes / dense_bits, rel=1e-12)
+    assert s["linear_budget_ratio"] >= 0.5 and all(e["ratio"] >= 0.5 for e in man["layers"])
+    assert s["linear_bytes_on_disk"] == disk_bytes and s["linear_budget_bytes"] == budget_bits / 8
+    assert s["linear_dense_bytes"] == dense_bits // 8
+    assert f"budget ratio {1 - budget_bits / dense_bits:.4f}" in so
+    assert f"{100 * (1 - 8 * disk_bytes / dense_bits):.1f}% removed on disk" in so
+    assert f"{dense_bits // 8:,} dense at {value_bits}-bit values" in so
 
 
 def test_cli_compare_at_an_nm_pattern(tiny_checkpoint, tmp_path, capsys):

@@ -281,7 +281,8 @@ def test_export_loads_without_slabopt_classes_and_gives_the_same_logits(tmp_path
                          "2", "--out", out], capsys)
     assert code == 0, err
     code, so, err = _cli(["export", out, "--out", tmp_path / "hf"], capsys)
-    assert code == 0, err and "from_pretrained" in so
+    assert code == 0, err
+    assert "from_pretrained" in so
     names = {p.name for p in (tmp_path / "hf").iterdir()}
     assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
