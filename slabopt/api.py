@@ -8,15 +8,18 @@ from typing import Any
 
 from . import _backend as bk
 from ._validation import as_matrix, check_int, check_real, resolve_activations
+from .budget import InfeasibleBudgetError, storage_bits
 from .budget import budget as make_budget
-from .budget import storage_bits
 from .objective import blockwise_objectives
+from .positions import rice_bits
 from .problem import Problem
-from .registry import get_method
+from .registry import get_method, methods
 from .result import SolveResult, SparseMatrix
 from .signs import pack_signs
 from .solvers.sparse_refit import quantize_sparse_part
 from .weight import dense_weight
+
+DEFAULT_RATIO = object()  # ratio not given: 0.5, or the ratio that ``bits`` implies
 
 
 def _check_options(info: Any, options: dict) -> None:
@@ -33,15 +36,17 @@ def solve(
     W: Any,
     X: Any = None,
     *,
-    ratio: float | None = 0.5,
+    ratio: Any = DEFAULT_RATIO,
+    bits: float | None = None,
     rank: int = 64,
     method: str = "alternating",
     pattern: str = "row",
     value_bits: int = 16,
     index_bits: int = 0,
-    positions: str = "index",
+    positions: str | None = None,
     sparse_bits: int | str | None = None,
     sparse_refit: int = 2,
+    l_group: int | None = None,
     max_iter: int | None = None,
     tol: float = 1e-6,
     seed: int = 0,
@@ -60,20 +65,29 @@ def solve(
         float64. Computation runs in float64 for float64 input and float32 otherwise. Not modified.
     X : (N, n) calibration inputs of the layer, or ``None`` (unweighted, d = 1). Alternatively
         give ``col_norms`` (d_j = ‖X[:, j]‖₂) or ``gram`` (XᵀX, undamped) -- at most one of the three.
-    ratio : fraction of dense b-bit storage to remove, in (0, 1); may be ``None`` for N:M patterns
-        and for the quantisers "rtn" and "gptq", whose bits are fixed by their options (a given
-        ratio is then checked: ``InfeasibleBudgetError`` if the quantiser costs more)
+    ratio : fraction of dense b-bit storage to remove, in (0, 1) (default 0.5); may be ``None`` for
+        N:M patterns and for the quantisers "rtn" and "gptq", whose bits are fixed by their options
+        (a given ratio is then checked: ``InfeasibleBudgetError`` if the quantiser costs more)
+    bits : instead of ``ratio``, the budget in bits per weight on disk, B, with
+        the positions of S counted by the code the saved format stores (``positions`` then
+        defaults to "rice" for the "row" pattern and "bitmask" otherwise); ratio = 1 − B/b. For
+        "rtn" and "gptq" ``bits`` is their integer code width, as before
     rank : r, the rank of L (0 ≤ r ≤ min(m, n))
     method : a registered solver name, see :func:`slabopt.methods`
     pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
     value_bits, index_bits : b and ι of the bit budget (docs/formulation.md §4)
-    positions : "index" (the positions of S cost ι bits per value; ι = 0 is the paper's convention)
-        or "bitmask" (they cost the m·n-bit mask, or the N:M codes, that the saved format stores, so
-        the ratio is the ratio on disk; docs/formulation.md §4.6)
+    positions : "index" (the default without ``bits``: the positions of S cost ι bits per value;
+        ι = 0 is the paper's convention), "rice" (Golomb–Rice codes of the gaps in each row,
+        counted exactly, docs/formulation.md §4.8) or "bitmask" (they cost the m·n-bit mask, or
+        the N:M codes, that the saved format stores, so the ratio is the ratio on disk; §4.6)
     sparse_bits : q in 2..8 stores the kept values of S as q-bit codes with one b-bit scale per row
         (``result.sparse_codes``; the budget counts q bits per value, docs/formulation.md §4.7);
         ``None`` (default) stores them at b bits; ``"auto"`` takes q = round(a) + 1 for the a bits per
         weight the budget leaves for them (docs/formulation.md §4.7). "row" and N:M patterns only.
+    l_group : G stores L with its own rank-r factors per group of G input columns (U m×(r·⌈n/G⌉),
+        V n×(r·⌈n/G⌉) with the factors of column j only in its group's columns; counted as
+        b·r·(m·⌈n/G⌉ + n) bits, docs/formulation.md §2.5); methods registered with
+        ``grouped_lowrank`` only ("slab_obs"). ``None``: one L = U Vᵀ
     sparse_refit : with ``sparse_bits``, rounds of exact binary / low-rank / code steps that refit
         L ⊙ B to the coded S after the solve (docs/formulation.md §5.6; never raises f)
     max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
@@ -92,6 +106,7 @@ def solve(
     """
     start = time.perf_counter()
     info = get_method(method)
+    ratio, positions = _ratio_and_positions(info, ratio, bits, positions, pattern, value_bits, options)
     _check_options(info, options)
     W_in = as_matrix("W", W)
     xp = bk.namespace(W_in)
@@ -103,18 +118,25 @@ def solve(
     sparse_refit = check_int("sparse_refit", sparse_refit, 0)
     layout = (None if info.quant_layout is None
               else info.quant_layout(tuple(Wc.shape), info.options_in_force(options)))
-    bud = make_budget(
-        tuple(Wc.shape),
-        ratio,
-        rank,
-        pattern=pattern,
-        value_bits=value_bits,
-        index_bits=index_bits,
-        components=info.components,
-        quant=layout,
-        positions=positions,
-        sparse_bits=sparse_bits,
-    )
+    if l_group is not None and not info.grouped_lowrank:
+        grouped = ", ".join(n for n, d in methods().items() if get_method(n).grouped_lowrank)
+        raise ValueError(f"method {info.name!r} stores one L; l_group is taken by: {grouped}")
+    budget_args = dict(pattern=pattern, value_bits=value_bits, index_bits=index_bits,
+                       components=info.components, quant=layout, positions=positions,
+                       sparse_bits=sparse_bits, l_group=l_group)
+    try:
+        bud = make_budget(tuple(Wc.shape), ratio, rank, **budget_args)
+    except InfeasibleBudgetError as exc:
+        if bits is None or "quant" in info.components:
+            raise
+        r = rank if "lowrank" in info.components else 0
+        floor = storage_bits(tuple(Wc.shape), 0, r, value_bits, binary="binary" in info.components and r > 0,
+                             l_group=l_group)
+        raise InfeasibleBudgetError(
+            f"{bits} bits per weight is not reachable for shape {tuple(Wc.shape)} with rank {rank}"
+            f"{'' if l_group is None else f' and l_group {l_group}'}: the signs and the factors of L alone "
+            f"cost {floor / (Wc.shape[0] * Wc.shape[1]):.4f} bits per weight; ask for more bits, a lower "
+            "rank or larger groups of L") from exc
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
     report = _with_progress(callback, max_iter, info.name) if progress else callback
@@ -133,7 +155,7 @@ def solve(
     )
     try:
         dec = info.func(problem, **options)
-        if bud.sparse_bits is not None:
+        if bud.sparse_bits is not None and dec.sparse_codes is None:
             dec = quantize_sparse_part(problem, dec, bud.sparse_bits, sparse_refit)
     finally:
         if progress:
@@ -153,6 +175,7 @@ def solve(
             positions=positions,
             **({} if sparse_bits is None else {"sparse_bits": sparse_bits, "sparse_refit": sparse_refit,
                                                "sparse_bits_used": bud.sparse_bits}),
+            **({} if l_group is None else {"l_group": l_group}),
             max_iter=max_iter,
             tol=tol,
             seed=seed,
@@ -163,6 +186,26 @@ def solve(
                                                         group_index=layout.group_index)}),
         ),
     )
+
+
+def _ratio_and_positions(info: Any, ratio: Any, bits: float | None, positions: str | None,
+                         pattern: str, value_bits: int, options: dict) -> tuple[float | None, str]:
+    """The ratio and position code in force: ``bits`` B (not with ``ratio``) becomes ratio
+    1 − B/b with positions counted on disk; a quantiser's ``bits`` goes to its options."""
+    if bits is not None and "quant" in info.components:
+        options["bits"] = bits
+        bits = None
+    if bits is None:
+        return (0.5 if ratio is DEFAULT_RATIO else ratio), ("index" if positions is None else positions)
+    if ratio is not DEFAULT_RATIO:
+        raise ValueError("give the budget as ratio or as bits (per weight on disk), not both")
+    bits = check_real("bits", bits, 0.0, float(value_bits))
+    if positions is None:
+        positions = "rice" if str(pattern) == "row" else "bitmask"
+    if positions == "index":
+        raise ValueError('bits counts every stored bit; positions="index" leaves the positions of S out '
+                         '(use "rice" or "bitmask")')
+    return 1.0 - bits / value_bits, positions
 
 
 def _with_progress(callback: Callable | None, total: int, name: str) -> Callable:
@@ -207,6 +250,14 @@ def _weight_rows(dec: Any, W: Any) -> Callable[[slice], Any]:
     return rows_of
 
 
+def _position_bits(bud: Any, sparse: SparseMatrix) -> int:
+    """What the positions of the solved S cost: the exact length of their Rice codes with
+    ``positions="rice"`` (at most the budget's bound), else the budget's count."""
+    if bud.positions == "rice" and sparse.nnz:
+        return rice_bits(bk.to_numpy(sparse.indptr), bk.to_numpy(sparse.indices), sparse.shape[1])
+    return bud.position_bits(sparse.nnz)
+
+
 def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict) -> SolveResult:
     """Compact S, pack B, count the achieved bits and evaluate the objectives of Ŵ."""
     xp, bud = problem.xp, problem.budget
@@ -217,14 +268,15 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
         sparse = SparseMatrix.from_mask(xp.zeros_like(W), no_entries)
     else:
         sparse = SparseMatrix.from_mask(dec.S, dec.mask)
-    rank = 0 if dec.U is None else int(dec.U.shape[1])
+    rank = 0 if dec.U is None else int(dec.U.shape[1]) // bud.l_groups
     row_values = (0 if dec.levels is None else 2) + (0 if dec.row_offset is None else 1)
     layout = None if dec.quant is None else dec.quant.layout
     if layout != bud.quant:
         raise RuntimeError(f"method {name!r} stored a quantised part {layout} but declared {bud.quant}")
     bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None,
-                        row_values, quant=layout, position_bits=bud.position_bits(sparse.nnz),
-                        sparse_bits=None if dec.sparse_codes is None else dec.sparse_codes.bits)
+                        row_values, quant=layout, position_bits=_position_bits(bud, sparse),
+                        sparse_bits=None if dec.sparse_codes is None else dec.sparse_codes.bits,
+                        l_group=bud.l_group)
     scale2 = problem.d_scale**2
     whole = None if dec.quant is None else [slice(0, m)]  # a quantised part is added as a whole
     objs = blockwise_objectives(W, _weight_rows(dec, W), problem.d, problem.gram, problem.damping, whole)

