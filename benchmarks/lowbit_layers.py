@@ -12,6 +12,11 @@ The model is the shipped SmolLM2-135M, whose weights were Q4_1 before we de-quan
 
     OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.lowbit_layers run [--only LABEL ...]
     .venv/bin/python -m benchmarks.lowbit_layers report
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.lowbit_layers speed
+
+``speed`` times ``slab_obs`` (2.25 bits, the recipe) against GPTQ (int2 g128, 2.28 bits) on the same
+layers, alternating, in one process, ``--repeats`` times each: min and median per layer shape and
+their ratio, written to ``benchmarks/results/lowbit_speed.json``.
 
 Results go to ``benchmarks/results/lowbit_layers.json`` (points already there are skipped).
 """
@@ -110,13 +115,23 @@ def heldout_error(W: np.ndarray, W_hat: np.ndarray, T: np.ndarray) -> float:
 # label: (method, solve keywords); every label is one point at its own bits on disk
 def points() -> dict[str, tuple[str, dict]]:
     pts: dict[str, tuple[str, dict]] = {}
-    for bits, group in ((2, 64), (2, 128), (3, 128), (4, 128), (3, None)):
-        g = f"g{group}" if group else "ch"
+    for bits, group in ((2, 64), (2, 128), (3, 128), (3, None), (4, 128)):
+        g = f"g{group}" if group else "per channel"
         for method in ("rtn", "gptq"):
             pts[f"{method} int{bits} {g}"] = (method, dict(ratio=None, bits=bits, group_size=group))
     for target in (1.5, 2.0, 2.25, 2.5, 3.0, 3.25, 4.0):
-        for q in (2, 3, 4):
-            pts[f"slab_obs q{q} {target}"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q))
+        q = 3 if target < 2.75 else 4  # the recipe's q (slabopt.recipes)
+        pts[f"slab_obs {target}"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q))
+    for target in (2.25, 2.5, 3.25):
+        q = 3 if target < 2.75 else 4
+        pts[f"slab_obs {target}, no feedback"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q,
+                                                                   feedback=False, refit=0))
+        pts[f"slab_obs {target}, no refit"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q, refit=0))
+        pts[f"slab_obs {target}, L per 128 columns"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q,
+                                                                         l_group=128))
+        pts[f"alternating {target} (q{q}, rice)"] = ("alternating", dict(bits=target, rank=1, sparse_bits=q))
+    pts["billm"] = ("billm", dict(ratio=None))
+    pts["arb"] = ("arb", dict(ratio=None))
     return pts
 
 
@@ -149,6 +164,39 @@ def run(only: list[str] | None) -> None:
         OUT_JSON.write_text(json.dumps(done, indent=1))
 
 
+def speed(repeats: int) -> None:
+    """slab_obs ÷ gptq solve time on one layer of each SmolLM2 shape (block 15) and on a 2048×5632
+    layer with a random Gram matrix (module docstring)."""
+    import statistics
+
+    import slabopt
+
+    layers = {n: v for n, v in load().items() if ".15." in n}
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4096, 5632)) * rng.lognormal(0, 1, 5632)
+    cases = {n: (W.astype(np.float64), X.astype(np.float64).T @ X.astype(np.float64)) for n, (W, X, _) in
+             layers.items()}
+    cases["2048x5632 (random)"] = (rng.standard_t(3, (2048, 5632)) / 50, A.T @ A)
+    runs = {"gptq": dict(method="gptq", ratio=None, bits=2, group_size=128),
+            "slab_obs": dict(method="slab_obs", bits=2.25, rank=1, sparse_bits=3)}
+    out = {"threads": os.environ.get("OMP_NUM_THREADS"), "load_before": os.getloadavg(), "layers": {}}
+    for name, (W, G) in cases.items():
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeats):
+            for key, kw in runs.items():
+                t0 = time.perf_counter()
+                slabopt.solve(W, gram=G, **kw)
+                times[key].append(time.perf_counter() - t0)
+        row = {k: {"min": min(v), "median": statistics.median(v)} for k, v in times.items()}
+        row["ratio_min"] = row["slab_obs"]["min"] / row["gptq"]["min"]
+        out["layers"][f"{name} {W.shape[0]}x{W.shape[1]}"] = row
+        print(f"{name:32s} {W.shape}  gptq {row['gptq']['min']:.2f}/{row['gptq']['median']:.2f} s  "
+              f"slab_obs {row['slab_obs']['min']:.2f}/{row['slab_obs']['median']:.2f} s  "
+              f"ratio {row['ratio_min']:.2f}", flush=True)
+    out["load_after"] = os.getloadavg()
+    (OUT_JSON.parent / "lowbit_speed.json").write_text(json.dumps(out, indent=1))
+
+
 def report() -> None:
     done = json.loads(OUT_JSON.read_text())
     rows = sorted(done.items(), key=lambda kv: kv[1]["bits_per_weight"])
@@ -160,12 +208,15 @@ def report() -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("run", "report", "capture"))
+    p.add_argument("what", choices=("run", "report", "capture", "speed"))
     p.add_argument("--only", nargs="*")
+    p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
     if a.what == "capture":
         print({k: [a.shape for a in v] for k, v in load().items()})
     elif a.what == "run":
         run(a.only)
+    elif a.what == "speed":
+        speed(a.repeats)
     else:
         report()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from slabopt._validation import check_int, check_ratio
+from slabopt._validation import check_int, check_ratio, check_real
 
 from .arch import DEFAULT_IGNORE
 from .data import DTYPES  # data.py sets the offline mode
@@ -100,15 +100,47 @@ def _sparse_bits(args, method: str) -> int | str | None:
     return "auto" if applies else None
 
 
-def _config(args, method: str, ratio: float | None, options: dict):
+def _config(args, method: str, ratio: float | None, options: dict, bits: float | None = None,
+            recipe: dict | None = None):
+    """The CompressConfig of the parsed arguments; ``recipe`` (from ``--bits`` without ``--method``)
+    supplies the settings the user left out."""
     from .pipeline import CompressConfig
 
+    chosen = recipe or {}
+    positions = args.positions or chosen.get("positions") or ("rice" if bits is not None and
+                                                              args.pattern == "row" else "bitmask")
+    sparse = chosen["sparse_bits"] if "sparse_bits" in chosen and args.sparse_bits is RECIPE else \
+        _sparse_bits(args, method)
     return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
-                          value_bits=args.value_bits, pattern=args.pattern, positions=args.positions,
-                          sparse_bits=_sparse_bits(args, method), refine_steps=args.refine_steps,
-                          allocation=args.allocation,
-                          options=options,
-                          targets=args.targets, ignore=args.ignore or None)
+                          value_bits=args.value_bits, pattern=args.pattern, positions=positions,
+                          sparse_bits=sparse, refine_steps=args.refine_steps,
+                          allocation=args.allocation, options=options, targets=args.targets,
+                          ignore=args.ignore or None, bits=bits, l_group=getattr(args, "l_group", None))
+
+
+def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dict | None]:
+    """(method, ratio, bits, options, recipe settings) of ``compress``: ``--bits`` without
+    ``--method`` takes :func:`slabopt.recipes.recipe_for_bits` and says which and why."""
+    options = dict(args.option or [])
+    if args.bits is not None and args.ratio is not None:
+        raise UserError("give the budget as --ratio or as --bits (per weight on disk), not both")
+    method = args.method
+    if args.bits is None:
+        method = method or "slab"
+        ratio = args.ratio if args.ratio is not None or _fixed_budget(method, args.pattern) else 0.5
+        return method, ratio, None, options, None
+    if method is not None:
+        return method, None, args.bits, options, None
+    from slabopt.recipes import recipe_for_bits
+
+    rec = recipe_for_bits(args.bits)
+    print(f"--bits {args.bits}: using {rec.describe()}: {rec.reason}")
+    settings = dict(rec.settings)
+    bits = settings.pop("bits", None)
+    ratio = settings.pop("ratio", None) if bits is None else None
+    if bits is None:  # a quantiser: its options fix the bits; the budget checks them against --bits
+        ratio = 1 - args.bits / args.value_bits
+    return rec.method, ratio, bits, {**rec.options, **options}, settings
 
 
 def _fixed_budget(method: str, pattern: str) -> bool:
@@ -130,8 +162,8 @@ def cmd_compress(args) -> int:
 
     _threads(args.threads)
     out = Path(args.out)
-    ratio = args.ratio if args.ratio is not None or _fixed_budget(args.method, args.pattern) else 0.5
-    cfg = _config(args, args.method, ratio, dict(args.option or []))
+    method, ratio, bits, options, recipe = _method_and_budget(args)
+    cfg = _config(args, method, ratio, options, bits, recipe)
     d = distributed.init(args.device, data_parallel=args.data_parallel, timeout=args.dist_timeout)
     try:
         man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,
@@ -146,7 +178,8 @@ def cmd_compress(args) -> int:
     # (a folder written before the sizes were taken at the value bits: its ratios are against 16 bits)
     dense, bits = ((s["linear_dense_bytes"], man["settings"]["value_bits"]) if "linear_dense_bytes" in s
                    else (s["linear_dense16_bytes"], 16))
-    print(f"compressed {args.method} ratio {ratio} pattern {args.pattern} rank {args.rank} -> {out}")
+    budget = f"ratio {ratio}" if bits is None else f"{bits} bits per weight"
+    print(f"compressed {method} {budget} pattern {args.pattern} rank {args.rank} -> {out}")
     print(f"  calibration text: {man['settings']['text']}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {dense:,} dense at "
           f"{bits}-bit values ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
@@ -226,7 +259,10 @@ def cmd_compare(args) -> int:
     base = replace(_config(args, "slab", 0.5, dict(args.option or [])), max_iter=pick["max_iter"])
     for m in methods:
         _config(args, m, 0.5, {}).check()
+    if args.bits and args.ratios:
+        raise UserError("give --ratios or --bits, not both")
     cs = CompareSettings(methods=methods, ratios=tuple(pick["ratios"]), base=base,
+                         bits=tuple(args.bits or ()),
                          work_dir=Path(args.work_dir or ("runs/quick" if args.quick else "runs/compare")),
                          plot=Path(args.plot) if args.plot else None, model=args.model,
                          calib_tokens=pick["calib_tokens"], seqlen=pick["seqlen"], tokens=pick["tokens"],
@@ -297,11 +333,17 @@ def _budget_args(sp, compare: bool) -> None:
     sp.add_argument("--value-bits", type=int, default=16, choices=(16, 32),
                     help="bits per stored value (S, U, V), the b of the budget (default: %(default)s)")
     # compress defaults to the recommended recipe (docs/results.md), compare to the papers' convention
-    sp.add_argument("--positions", default="index" if compare else "bitmask", choices=("index", "bitmask"),
+    sp.add_argument("--positions", default="index" if compare else None,
+                    choices=("index", "bitmask", "rice", "auto"),
                     help="what the positions of S cost in the budget: index = nothing (the papers' "
                          "convention; the saved bitmask then adds 1 bit per weight on disk), bitmask = "
-                         "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk "
-                         "(default: %(default)s)")
+                         "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk, "
+                         "rice = Golomb-Rice codes of the gaps in each row (the folder stores them; "
+                         "cheaper than the bitmask at any density) (default: "
+                         + ("index)" if compare else "rice with --bits and a row pattern, else bitmask)"))
+    sp.add_argument("--l-group", type=POSITIVE, default=None, metavar="G",
+                    help="store L with its own factors per group of G input columns (slab_obs only) "
+                         "(default: none, one L per layer)")
     sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=None if compare else RECIPE, metavar="Q",
                     help="store the kept values of S as Q-bit integer codes (Q = 2..8) with one 16-bit "
                          "scale per row, so the budget keeps about 16/Q times as many of them; auto = "
@@ -336,8 +378,13 @@ class _QuietParser(argparse.ArgumentParser):
 def _compress_parser(sub) -> None:
     c = sub.add_parser("compress", help="compress every decoder linear layer and save the folder")
     _common(c)
-    c.add_argument("--method", default="slab",
-                   help="slab (= alternating) or any registered method (default: %(default)s)")
+    c.add_argument("--method", default=None,
+                   help="slab (= alternating) or any registered method (default: slab; with --bits the "
+                        "recommended method for that size, which compress names)")
+    c.add_argument("--bits", type=_arg_type(check_real, "bits", 1.0, 16.0), default=None, metavar="B",
+                   help="the size in bits per weight on disk of each linear layer, every stored bit "
+                        "counted (instead of --ratio); without --method the measured best recipe for "
+                        "that size (docs/results.md) (default: none, the budget is --ratio)")
     c.add_argument("--ratio", type=RATIO, default=None,
                    help="fraction of the dense storage (at --value-bits) of each linear layer to remove, "
                         "in (0, 1) (default: 0.5; none with an N:M --pattern or a quantiser such as rtn "
@@ -403,6 +450,11 @@ def _export_parser(sub) -> None:
 def _compare_parser(sub) -> None:
     k = sub.add_parser("compare", help="dense + every method at several ratios: Markdown table + PNG")
     _common(k)
+    k.add_argument("--bits", type=_arg_type(check_real, "bits", 1.0, 16.0), nargs="+", default=None,
+                   metavar="B", help="sizes in bits per weight on disk instead of --ratios: quantisers take "
+                                     "the largest code width and group that fit, S + L⊙B and pruning methods "
+                                     "the size itself with the positions of S counted as stored (default: "
+                                     "none, the budgets are --ratios)")
     k.add_argument("--ratios", type=RATIO, nargs="+", default=None, metavar="R",
                    help="ratios in (0, 1) (default: 0.5 0.6 0.7; --quick: 0.5; with an N:M --pattern: "
                         "none, the pattern fixes the budget)")

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slabopt.registry import get_method
+
 from .arch import block_linears, block_prefix, decoder_layers
 from .data import DEFAULT_MODEL_NAME, TEST_TEXT, load_model
 from .errors import UserError
@@ -43,6 +45,7 @@ class CompareSettings:
     limit: int | None = None
     batch_size: int = 16
     method_options: dict = field(default_factory=dict)
+    bits: tuple[float, ...] = ()  # budgets in bits per weight on disk, instead of ``ratios``
 
     def describe(self) -> dict:
         """The settings as they go under the table and into ``results.json``."""
@@ -53,7 +56,7 @@ class CompareSettings:
                 "options": dict(b.options), "value_bits": b.value_bits, "index_bits": b.index_bits,
                 "positions": b.positions, "sparse_bits": b.sparse_bits,
                 "pattern": b.pattern, "dtype": self.dtype, "device": str(self.device),
-                "tasks": list(self.tasks), "limit": self.limit}
+                "tasks": list(self.tasks), "limit": self.limit, "bits": list(self.bits)}
 
 
 def is_quantiser(method: str) -> bool:
@@ -108,43 +111,69 @@ def _write(rows: list, described: dict, outputs: dict[str, Path], t_start: float
     return md
 
 
-def _one(cs: CompareSettings, method: str, ratio: float, tok, path) -> dict | None:
+def _at_bits(cs: CompareSettings, method: str, bits: float, options: dict) -> tuple[dict, dict]:
+    """(config fields, options) of ``method`` at ``bits`` per weight on disk: a quantiser with
+    options for code bits and group size gets the largest layout that fits
+    (:func:`slabopt.recipes.quantiser_shape`); other methods the budget itself, with the positions
+    of S counted as stored (Rice codes for the row pattern)."""
+    from slabopt.recipes import quantiser_shape
+
+    if is_quantiser(method):
+        takes = "group_size" in get_method(solver_name(method)).option_names()
+        if not takes:
+            return {"ratio": None}, options  # its algorithm fixes its size
+        b, g = quantiser_shape(bits)  # the ratio checks the layout's real cost on each layer
+        return {"ratio": 1 - bits / cs.base.value_bits}, {**options, "bits": b, "group_size": g}
+    positions = cs.base.positions
+    if positions == "index":
+        positions = "rice" if cs.base.pattern == "row" else "bitmask"
+    return {"ratio": None, "bits": bits, "positions": positions}, options
+
+
+def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
+         bits: float | None = None) -> dict | None:
     """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
     from dataclasses import replace
 
-    from slabopt.registry import get_method
-
     options = cs.method_options.get(method, {})
-    if ratio is not None:
+    fields = {"ratio": ratio}
+    if bits is not None:
+        fields, options = _at_bits(cs, method, bits, options)
+    if bits is not None:
+        budget = f"b{bits}"
+    elif ratio is not None:
         budget = f"r{ratio}"
     elif is_quantiser(method):
         budget = "q" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
     else:
         budget = cs.base.pattern.replace(":", "of")
-    cfg = replace(cs.base, method=method, ratio=ratio, options=options)
+    cfg = replace(cs.base, method=method, options=options, **fields)
+    asked = f"ratio {ratio}" if bits is None else f"{bits} bits"
     if "sparse" not in get_method(cfg.solver).components:
         cfg = replace(cfg, sparse_bits=None)  # --sparse-bits codes S; methods without one ignore it
     coded = "" if cfg.sparse_bits is None else f"-q{cfg.sparse_bits}"
     out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}{coded}"
-    print(f"[compare] {method} ratio {ratio}: compressing", flush=True)
+    print(f"[compare] {method} {asked}: compressing", flush=True)
     exists = out.exists() and any(out.iterdir())
     try:
         man = compress_checkpoint(cs.model, out, cfg, calib_tokens=cs.calib_tokens, seqlen=cs.seqlen,
                                   dtype=cs.dtype, device=cs.device, resume=exists and not cs.overwrite,
                                   overwrite=exists and cs.overwrite, progress=cs.progress)
     except ResumeMismatch as exc:
-        print(f"[compare] {method} ratio {ratio} skipped: {exc}; it is kept as it is (pass "
+        print(f"[compare] {method} {asked} skipped: {exc}; it is kept as it is (pass "
               "--overwrite to recompute it)", flush=True)
         return None
     except UserError as exc:
-        print(f"[compare] {method} ratio {ratio} skipped: {exc}", flush=True)
+        print(f"[compare] {method} {asked} skipped: {exc}", flush=True)
         return None
     cmodel, _, _, _ = load_target(str(out), None, cs.dtype, resolve_device(cs.device))
     ev = _scores(cs, cmodel, tok, path)
     s = man["sizes"]
-    print(f"[compare] {method} ratio {ratio}: perplexity {ev['perplexity']:.3f} "
+    print(f"[compare] {method} {asked}: perplexity {ev['perplexity']:.3f} "
           f"({man['compress_seconds']:.1f}s)", flush=True)
-    return {"method": method, "ratio": ratio, **ev, "budget_ratio": s["linear_budget_ratio"],
+    return {"method": method, "ratio": ratio, "bits": bits,
+            "bits_per_weight": cfg.value_bits * (1 - s["linear_disk_ratio"]), **ev,
+            "budget_ratio": s["linear_budget_ratio"],
             "disk_bytes": s["linear_bytes_on_disk"], "disk_ratio": s["linear_disk_ratio"],
             "seconds": man["compress_seconds"]}
 
@@ -174,11 +203,14 @@ def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
     rows = [{"method": "dense", "ratio": 0.0, **dense, "dense16_bytes": dense16}]
     print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
     del model
-    for i, ratio in enumerate(cs.ratios):
+    budgets = [(None, b) for b in cs.bits] or [(r, None) for r in cs.ratios]
+    for i, (ratio, bits) in enumerate(budgets):
         for method in cs.methods:
-            if is_quantiser(method) and i > 0:
-                continue  # its options fix the bits: one run, at no requested ratio
-            row = _one(cs, method, None if is_quantiser(method) else ratio, tok, path)
+            fixed = is_quantiser(method) and (bits is None or "group_size" not in
+                                              get_method(solver_name(method)).option_names())
+            if fixed and i > 0:
+                continue  # its options (or its algorithm) fix the bits: one run
+            row = _one(cs, method, None if is_quantiser(method) else ratio, tok, path, bits)
             if row is not None:
                 rows.append(row)
                 _write(rows, described, outputs, t_start)

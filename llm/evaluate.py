@@ -47,16 +47,32 @@ def perplexity(model, test_ids: torch.Tensor, tokens: int = 8192, seqlen: int = 
             "seqlen": seqlen, "tokens": n_win * take, "predictions": count, "bos": bos is not None}
 
 
+def uncache_weights(model: torch.nn.Module) -> int:
+    """Make every compressed layer of ``model`` compute its forward without a kept dense Ŵ, and drop
+    any Ŵ kept so far; return how many layers were compressed.
+
+    A scoring pass (perplexity, zero-shot) then holds at most one layer's Ŵ at a time: with numba,
+    windows of many tokens take the blocked prefill path (Ŵ rebuilt 4 MiB of rows at a time, each
+    block used in one matmul and dropped, ``SLaBLinear.blocked_forward``), a few tokens the fused
+    kernel; without it the reference rebuilds the layer's Ŵ in the model's dtype for the call. A
+    kept float32 Ŵ per layer (``set_cache_weight(True)``) would cost the whole model again in
+    float32, and its rebuild was slower than the blocked path.
+    """
+    from .slablinear import SLaBLinear
+
+    layers = [mod for mod in model.modules() if isinstance(mod, SLaBLinear)]
+    for mod in layers:
+        mod.set_cache_weight(False)
+    return len(layers)
+
+
 def evaluate_model(model, tok, path, tokens: int, seqlen: int, progress: bool = False,
                    eval_file: str | None = None) -> dict:
     """Perplexity of ``model`` on the shipped test split (tokenised by ``tok``, cached by ``path``)
     or on the text of ``eval_file`` (.txt or .jsonl), from its start; ``text`` names which."""
     from . import data
-    from .slablinear import SLaBLinear
 
-    for mod in model.modules():  # dense Ŵ per layer: same result, several times faster on CPU
-        if isinstance(mod, SLaBLinear):
-            mod.set_cache_weight(True)
+    uncache_weights(model)
     if eval_file is None:
         test, text = data.token_splits(tok, path)[1], data.TEST_TEXT
     else:

@@ -74,6 +74,7 @@ def is_nm_pattern(pattern: str) -> bool:
     except (ValueError, TypeError):
         return False  # reported by the pattern check
 STORE_DTYPES = {16: torch.float16, 32: torch.float32}
+NEWER_SETTINGS = ("bits", "l_group")  # recorded only when set, so folders made before them still resume
 
 
 class ResumeMismatch(UserError):
@@ -96,7 +97,10 @@ class CompressConfig:
     (docs/formulation.md §4.7; ``"auto"``: q chosen per layer); ``None`` keeps them at ``value_bits``.
     ``refine_steps`` > 0 tunes the real-valued parts of each compressed block on its output error
     (:mod:`.refine`). ``allocation`` "owl" gives each block its own ratio by OWL's outlier rule at
-    the same total (:mod:`.allocation`); "uniform" gives every layer ``ratio``.
+    the same total (:mod:`.allocation`); "uniform" gives every layer ``ratio``. ``bits`` (instead of
+    ``ratio``) is the budget in bits per weight on disk, every stored bit counted
+    (``slabopt.solve(bits=)``); ``l_group`` stores L per group of that many input columns
+    (docs/formulation.md §2.5).
     """
 
     method: str = "slab"
@@ -114,6 +118,8 @@ class CompressConfig:
     options: Mapping = field(default_factory=dict)
     targets: str | None = None
     ignore: str | None = DEFAULT_IGNORE
+    bits: float | None = None
+    l_group: int | None = None
 
     @property
     def solver(self) -> str:
@@ -152,14 +158,23 @@ class CompressConfig:
             is_nm = parse_pattern(self.pattern).kind == "nm"
         except (ValueError, TypeError) as exc:
             raise UserError(str(exc)) from None
-        if self.ratio is None and not is_nm and info.quant_layout is None:
+        if self.bits is not None and self.ratio is not None:
+            raise UserError("give the budget as --ratio or as --bits, not both")
+        if self.bits is not None and self.allocation != "uniform":
+            raise UserError("--allocation owl moves a ratio between blocks: use --ratio with it")
+        if self.l_group is not None and not info.grouped_lowrank:
+            raise UserError(f"--l-group stores L per group of columns; method {self.method!r} stores one L "
+                            "(use slab_obs)")
+        if self.ratio is None and self.bits is None and not is_nm and info.quant_layout is None:
             raise UserError(f"method {self.method!r} with pattern {self.pattern!r} needs a ratio; only N:M "
                             "patterns and quantisers (rtn, gptq) fix the budget by themselves")
         return info
 
     def record(self, windows: torch.Tensor, text: str | None, dtype: torch.dtype) -> dict:
         """The settings as stored in the manifest and compared by ``resume``."""
-        return {**asdict(self), "options": dict(self.options), "solver": self.solver,
+        own = {key: value for key, value in asdict(self).items()
+               if value is not None or key not in NEWER_SETTINGS}  # older folders resume as before
+        return {**own, "options": dict(self.options), "solver": self.solver,
                 "store_dtype": f"float{self.value_bits}", "model_dtype": str(dtype).removeprefix("torch."),
                 "windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
                 "calib_tokens": int(windows.numel()), "calib_sha256": _tensor_sha256(windows), "text": text}
@@ -248,16 +263,23 @@ def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
     if W.device.type == "cpu":  # NumPy views: the solvers' numba row kernel applies to NumPy arrays
         W, kw = W.numpy(), {key: value.numpy() for key, value in kw.items()}
     try:
-        res = slabopt.solve(W, ratio=cfg.ratio, rank=cfg.rank, method=cfg.solver,
+        budget = {"ratio": cfg.ratio} if cfg.bits is None else {"bits": cfg.bits}
+        extra = {} if cfg.l_group is None else {"l_group": cfg.l_group}
+        res = slabopt.solve(W, **budget, rank=cfg.rank, method=cfg.solver,
                             seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
                             value_bits=cfg.value_bits, index_bits=cfg.index_bits, pattern=cfg.pattern,
-                            positions=cfg.positions, sparse_bits=cfg.sparse_bits, **kw, **cfg.options)
+                            positions=cfg.positions, sparse_bits=cfg.sparse_bits, **extra, **kw,
+                            **cfg.options)
     except (ValueError, TypeError) as exc:
         raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
-    allowed = res.bits if cfg.ratio is None else (1 - Fraction(cfg.ratio)) * res.dense_bits
+    if cfg.bits is not None:
+        allowed = Fraction(cfg.bits) * res.shape[0] * res.shape[1]
+    else:
+        allowed = res.bits if cfg.ratio is None else (1 - Fraction(cfg.ratio)) * res.dense_bits
     if res.bits > allowed:
+        asked = f"ratio {cfg.ratio}" if cfg.bits is None else f"{cfg.bits} bits per weight"
         raise UserError(f"block {b} layer {name}: method {cfg.method!r} stores {res.bits} bits, more "
-                        f"than the {int(allowed)} bits that ratio {cfg.ratio} allows")
+                        f"than the {int(allowed)} bits that {asked} allows")
     return res
 
 

@@ -19,7 +19,8 @@ def _dense_row(r: dict, zs: bool) -> str:
 
 def _method_row(r: dict, dense: float | None, zs: bool) -> str:
     rel = f"{r['perplexity'] / dense:.3f}" if dense else "-"
-    requested = r["ratio"] if r["ratio"] is not None else "- (fixed)"
+    requested = (f"{r['bits']} bits" if r.get("bits") is not None else
+                 r["ratio"] if r["ratio"] is not None else "- (fixed)")
     return (f"| {r['method']} | {requested} | {r['budget_ratio']:.4f} | {r['disk_bytes']:,} "
             f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} |{_zero_shot_cell(r, zs)} "
             f"{r['seconds']:.1f} |")
@@ -52,20 +53,24 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
     return "\n".join([*lines, "", caption(settings) + note])
 
 
-def _x(r: dict) -> float:
+def _x(r: dict, by_bits: bool) -> float:
+    if by_bits:
+        return r["bits_per_weight"]
     return r["ratio"] if r["ratio"] is not None else r["budget_ratio"]
 
 
 def _panel(ax, rows: list[dict], key: str, label: str, log: bool) -> None:
     dense = next((r.get(key) for r in rows if r["method"] == "dense"), None)
+    by_bits = any(r.get("bits") is not None for r in rows)
     for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        pts = sorted((_x(r), r[key]) for r in rows if r["method"] == m and r.get(key) is not None)
+        pts = sorted((_x(r, by_bits), r[key]) for r in rows if r["method"] == m and r.get(key) is not None)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
     if dense is not None:
         ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("compression ratio (fraction of 16-bit storage removed)")
+    ax.set_xlabel("bits per weight on disk (every stored bit counted)" if by_bits else
+                  "compression ratio (fraction of 16-bit storage removed)")
     ax.set_ylabel(label)
     ax.legend(fontsize=8)
 

@@ -12,10 +12,18 @@ Stored (all as buffers, so ``state_dict`` / safetensors hold exactly what is on 
   ``value_scales`` (float16, float32 for 32-bit models) and ``value_layout`` = [q, k]: value =
   scale·t (docs/formulation.md §4.7); CSR index arrays (int64) are built only when the factored
   forward first needs them (``_csr``, not saved),
-- ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype,
+  With Rice-coded positions (``positions="rice"``, docs/formulation.md §4.8) the pattern is stored
+  as the Rice codes of the gaps of each row instead (``rice``, uint8, ⌈bits/8⌉ bytes; every row keeps
+  k = nnz/m), decoded into a bitmask when the layer is loaded for the kernels,
+- ``U`` (m×r) and ``V`` (n×r) in the same 16-bit dtype; with L per group of G input columns
+  (``l_group`` = [G], docs/formulation.md §2.5) U is m×(r·⌈n/G⌉) and V holds each column's r
+  factors (n×r), expanded to the n×(r·⌈n/G⌉) block-structured V of L = U Vᵀ by :meth:`factors`,
 - ``signs`` (m×⌈n/8⌉ uint8): B packed 8 per byte, most significant bit first, bit 1 = +1,
 - optional two-level codes ``levels`` (2×m: low, high), a per-row offset ``row_offset`` (m) and
-  ``bias`` (m).
+  ``bias`` (m),
+- a quantised part: integer codes (``q_codes``, ``q_scales``, ...) or a binarized one (methods
+  billm and arb: the child module ``binarized``, its planes packed 1 bit per entry, see
+  :mod:`.binarized_parts`), added to Ŵ by its ``dequantize``.
 
 The dense Ŵ is built by :func:`slabopt.dense_weight`, the one definition of Ŵ from its parts,
 and B by :func:`slabopt.unpack_signs`.
@@ -33,8 +41,8 @@ Forward, y = Ŵ x + bias = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bi
   for the call and one matmul (many rows, large rank, two-level codes, quantised parts), or the
   factored product with S as a CSR matrix whose int64 index is built for the call and dropped and
   B unpacked to ±1 for the call;
-- with ``set_cache_weight(True)`` (calibration during compression, perplexity): the dense Ŵ built
-  once and kept.
+- with ``set_cache_weight(True)`` (a block's calibration forward during compression): the dense Ŵ
+  built once and kept. Scoring (perplexity, zero-shot) turns it off (``evaluate.uncache_weights``).
 """
 
 from __future__ import annotations
@@ -47,9 +55,13 @@ import torch
 from torch import nn
 
 from slabopt import QuantizedMatrix, dense_weight, pack_signs, unpack_signs
+from slabopt.binarized import BinarizedLayout, BinarizedMatrix
+from slabopt.positions import rice_decode_mask, rice_encode
 from slabopt.quantized import QuantLayout
 
 from . import fused, nm_codes
+from .binarized_parts import NAME as BINARIZED
+from .binarized_parts import BinarizedParts, layout_from_state
 from .bitpack import pack_uint, packed_width, unpack_uint
 
 FACTORED_MAX_RANK = 4
@@ -63,7 +75,8 @@ class SLaBLinear(nn.Module):
                  has_signs: bool = False, has_levels: bool = False, has_offset: bool = False,
                  bias: bool = False, nm: tuple[int, int] | None = None, quant: QuantLayout | None = None,
                  value_codes: tuple[int, int] | None = None, store_dtype: torch.dtype = torch.float16,
-                 compute_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, l_group: int | None = None,
+                 rice_bytes: int | None = None):
         super().__init__()
         m, n = out_features, in_features
         self.in_features, self.out_features = n, m
@@ -72,7 +85,9 @@ class SLaBLinear(nn.Module):
         self.use_fused = True  # the fused CPU kernel where it applies (see the module docstring)
         self._W: torch.Tensor | None = None
         self._packed: _Packed | bool | None = None  # the kernels' arrays; False: not supported
-        if nm is None and nnz:
+        if nm is None and nnz and rice_bytes is not None:
+            self.register_buffer("rice", torch.zeros(rice_bytes, dtype=torch.uint8))
+        elif nm is None and nnz:
             self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
         elif nnz:
             self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
@@ -81,8 +96,11 @@ class SLaBLinear(nn.Module):
             self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
         else:
             self._code_buffers(m, *value_codes, store_dtype)
-        self.register_buffer("U", torch.zeros(m, rank, dtype=store_dtype) if rank else None)
+        groups = 1 if l_group is None else -(-n // l_group)
+        self.register_buffer("U", torch.zeros(m, rank * groups, dtype=store_dtype) if rank else None)
         self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
+        if l_group is not None:
+            self.register_buffer("l_group", torch.tensor([l_group], dtype=torch.int32))
         self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8)
                              if has_signs else None)
         self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype) if has_levels else None)
@@ -98,9 +116,13 @@ class SLaBLinear(nn.Module):
         scale_dtype = torch.float32 if store_dtype == torch.float32 else torch.float16
         self.register_buffer("value_scales", torch.zeros(m, dtype=scale_dtype))
 
-    def _quant_buffers(self, q: QuantLayout, store_dtype: torch.dtype) -> None:
+    def _quant_buffers(self, q: QuantLayout | BinarizedLayout, store_dtype: torch.dtype) -> None:
         """Codes packed at ``bits`` bits, scales (and zero points) per row and group, the column
-        group index packed at ⌈log₂ groups⌉ bits, and the layout itself (``q_layout``)."""
+        group index packed at ⌈log₂ groups⌉ bits, and the layout itself (``q_layout``); a
+        binarized part in the child module ``binarized`` (:mod:`.binarized_parts`)."""
+        if isinstance(q, BinarizedLayout):
+            self.add_module(BINARIZED, BinarizedParts(q, store_dtype))
+            return
         m, n = q.shape
         self.register_buffer("q_layout", torch.tensor([q.bits, q.group_size or 0, q.symmetric,
                                                        q.group_index], dtype=torch.int32))
@@ -122,33 +144,31 @@ class SLaBLinear(nn.Module):
         pat = res.budget.pattern
         nm = (pat.n, pat.m) if pat.kind == "nm" and pat.m <= nm_codes.MAX_M else None
         codes = res.sparse_codes
-        mod = cls(n, m, nnz=sp.nnz, rank=res.rank,
+        rice = None
+        if res.budget.positions == "rice" and sp.nnz and nm is None:
+            rice = rice_encode(np.asarray(torch.as_tensor(sp.indptr).cpu()),
+                               np.asarray(torch.as_tensor(sp.indices).cpu()), n)[0]
+        mod = cls(n, m, nnz=sp.nnz, rank=res.rank, l_group=res.budget.l_group,
+                  rice_bytes=None if rice is None else rice.size,
                   value_codes=None if codes is None else (codes.bits, int(codes.shape[1])),
                   has_signs=res.signs_packed is not None,
                   has_levels=res.levels is not None, has_offset=res.row_offset is not None,
                   bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype, nm=nm,
                   quant=None if res.quant is None else res.quant.layout)
-        crow = torch.as_tensor(sp.indptr).to(torch.int64)
-        col = torch.as_tensor(sp.indices).to(torch.int64)
-        rows = torch.repeat_interleave(torch.arange(m), crow[1:] - crow[:-1])
-        dense_mask = torch.zeros(m, n, dtype=torch.bool)
-        dense_mask[rows, col] = True
-        if sp.nnz and nm is None:
-            mod.mask.copy_(pack_signs(dense_mask))
+        if rice is not None:
+            mod.rice.copy_(torch.from_numpy(rice))
         elif sp.nnz:
-            mod.nm_codes.copy_(nm_codes.encode(dense_mask, *nm))
+            mod._store_positions(sp, nm)
         if res.quant is not None:
             mod._store_quant(res.quant, store_dtype)
         mod.rebuild_index()
         if codes is None:
             mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
         else:
-            twos = torch.as_tensor(codes.codes).cpu().to(torch.int64) ^ (1 << (codes.bits - 1))  # c − 2^(q−1)
-            mod.values.copy_(pack_uint(twos, codes.bits))
-            mod.value_scales.copy_(torch.as_tensor(codes.scales).reshape(-1).to(mod.value_scales.dtype))
+            mod._store_codes(codes)
         if res.rank:
             mod.U.copy_(torch.as_tensor(res.U).to(store_dtype))
-            mod.V.copy_(torch.as_tensor(res.V).to(store_dtype))
+            mod.V.copy_(mod._own_factors(torch.as_tensor(res.V)).to(store_dtype))
         if res.signs_packed is not None:
             mod.signs.copy_(torch.as_tensor(res.signs_packed).to(torch.uint8))
         if res.levels is not None:
@@ -159,7 +179,36 @@ class SLaBLinear(nn.Module):
             mod.bias.copy_(bias.detach().to(store_dtype))
         return mod
 
-    def _store_quant(self, q: QuantizedMatrix, store_dtype: torch.dtype) -> None:
+    def _store_positions(self, sp, nm: tuple[int, int] | None) -> None:
+        """The bitmask (or N:M codes) of the entries the CSR ``sp`` keeps, filled ``CODE_ROWS``
+        rows at a time (no index of every kept entry at once)."""
+        m, n = self.out_features, self.in_features
+        indptr = torch.as_tensor(sp.indptr).cpu().to(torch.int64)
+        indices = torch.as_tensor(sp.indices).cpu()
+        whole = None if nm is None else torch.zeros(m, n, dtype=torch.bool)
+        for i0 in range(0, m, CODE_ROWS):
+            i1 = min(m, i0 + CODE_ROWS)
+            block = torch.zeros(i1 - i0, n, dtype=torch.bool) if whole is None else whole[i0:i1]
+            rows = torch.repeat_interleave(torch.arange(i1 - i0), indptr[i0 + 1 : i1 + 1] - indptr[i0:i1])
+            block[rows, indices[int(indptr[i0]) : int(indptr[i1])].to(torch.int64)] = True
+            if whole is None:
+                self.mask[i0:i1] = pack_signs(block)
+        if whole is not None:
+            self.nm_codes.copy_(nm_codes.encode(whole, *nm))
+
+    def _store_codes(self, codes: QuantizedMatrix) -> None:
+        """The coded values as signed q-bit integers t = c − 2^(q−1), packed ``CODE_ROWS`` rows at a
+        time, and their row scales."""
+        c = torch.as_tensor(codes.codes).cpu()
+        for i0 in range(0, c.shape[0], CODE_ROWS):
+            twos = c[i0 : i0 + CODE_ROWS].to(torch.int64) ^ (1 << (codes.bits - 1))
+            self.values[i0 : i0 + CODE_ROWS] = pack_uint(twos, codes.bits)
+        self.value_scales.copy_(torch.as_tensor(codes.scales).reshape(-1).to(self.value_scales.dtype))
+
+    def _store_quant(self, q: QuantizedMatrix | BinarizedMatrix, store_dtype: torch.dtype) -> None:
+        if isinstance(q, BinarizedMatrix):
+            getattr(self, BINARIZED).store(q)
+            return
         self.q_codes.copy_(pack_uint(torch.as_tensor(q.codes).cpu(), q.bits))
         self.q_scales.copy_(torch.as_tensor(q.scales).to(store_dtype))
         if q.zeros is not None:
@@ -168,11 +217,19 @@ class SLaBLinear(nn.Module):
             width = (q.layout.n_groups - 1).bit_length()
             self.q_index.copy_(pack_uint(torch.as_tensor(q.group_index).cpu().reshape(1, -1), width))
 
-    def quant_matrix(self, dtype=None) -> QuantizedMatrix | None:
-        """The stored quantised part as a :class:`slabopt.QuantizedMatrix` (scales in ``dtype``)."""
+    @property
+    def has_quant(self) -> bool:
+        """Whether a quantised part is stored (integer codes or a binarized part)."""
+        return hasattr(self, "q_codes") or hasattr(self, BINARIZED)
+
+    def quant_matrix(self, dtype=None) -> QuantizedMatrix | BinarizedMatrix | None:
+        """The stored quantised part as a :class:`slabopt.QuantizedMatrix` (scales in ``dtype``),
+        or the binarized part as a :class:`slabopt.binarized.BinarizedMatrix` (values in ``dtype``)."""
+        dtype = dtype or self.compute_dtype
+        if hasattr(self, BINARIZED):
+            return getattr(self, BINARIZED).matrix(dtype)
         if not hasattr(self, "q_codes"):
             return None
-        dtype = dtype or self.compute_dtype
         bits, group, _sym, has_index = (int(v) for v in self.q_layout.tolist())
         n = self.in_features
         groups = self.q_scales.shape[1]
@@ -184,9 +241,10 @@ class SLaBLinear(nn.Module):
                                bits=bits, group_size=group or None, group_index=index)
 
     @staticmethod
-    def _layout_of(state: dict[str, torch.Tensor], shape: tuple[int, int]) -> QuantLayout | None:
+    def _layout_of(state: dict[str, torch.Tensor],
+                   shape: tuple[int, int]) -> QuantLayout | BinarizedLayout | None:
         if "q_layout" not in state:
-            return None
+            return layout_from_state(state, shape)
         bits, group, sym, has_index = (int(v) for v in state["q_layout"].tolist())
         return QuantLayout(shape, bits, group or None, bool(sym), bool(has_index))
 
@@ -198,7 +256,10 @@ class SLaBLinear(nn.Module):
         U = state.get("U")
         with torch.device("meta"):  # no buffers to allocate and drop: the state's tensors are taken
             layout = state.get("value_layout")
-            mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else U.shape[1],
+            groups = state.get("l_group")
+            mod = cls(n, m, nnz=state["values"].numel(), rank=0 if U is None else state["V"].shape[1],
+                      l_group=None if groups is None else int(groups[0]),
+                      rice_bytes=state["rice"].numel() if "rice" in state else None,
                       value_codes=None if layout is None else tuple(int(v) for v in layout.tolist()),
                       has_signs="signs" in state, has_levels="levels" in state,
                       has_offset="row_offset" in state, bias="bias" in state,
@@ -215,6 +276,9 @@ class SLaBLinear(nn.Module):
         m, n = self.out_features, self.in_features
         if hasattr(self, "nm_codes"):
             return nm_codes.decode(self.nm_codes, m, n, *self.nm.tolist())
+        if hasattr(self, "rice"):
+            mask = rice_decode_mask(self.rice.cpu().numpy(), np.full(m, self.nnz // m), n)
+            return torch.from_numpy(mask).to(self.values.device)
         if hasattr(self, "mask"):
             return unpack_signs(self.mask, n, torch.int8) > 0
         return torch.zeros(m, n, dtype=torch.bool, device=self.values.device)
@@ -222,7 +286,8 @@ class SLaBLinear(nn.Module):
     def rebuild_index(self) -> None:
         """Check that the stored pattern holds as many positions as there are values; forget what
         was derived from older buffers (the fused kernel's row offsets, a cached Ŵ)."""
-        kept = int(self.positions().sum())
+        kept = (sum(int(self._mask_rows(rows).sum()) for rows in self._row_blocks())
+                if hasattr(self, "mask") else int(self.positions().sum()))
         if kept != self.nnz:
             raise ValueError(f"mask holds {kept} entries but {self.nnz} values are stored")
         self._drop_derived()
@@ -247,18 +312,61 @@ class SLaBLinear(nn.Module):
         crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64)
         return crow, torch.nonzero(mask, as_tuple=True)[1].to(torch.int64)
 
+    def _row_blocks(self) -> list[slice]:
+        """Blocks of ``CODE_ROWS`` rows, in which S's bitmask and codes are unpacked."""
+        m = self.out_features
+        return [slice(i, min(i + CODE_ROWS, m)) for i in range(0, m, CODE_ROWS)]
+
+    def _mask_rows(self, rows: slice) -> torch.Tensor:
+        """The boolean pattern of ``rows`` from the bitmask (rows of :meth:`positions`)."""
+        return unpack_signs(self.mask[rows], self.in_features, torch.int8) > 0
+
     def sparse_dense(self, dtype=None) -> torch.Tensor:
-        """S as a dense m×n matrix (kept values in row-major order at the stored positions)."""
+        """S as a dense m×n matrix (kept values in row-major order at the stored positions); from a
+        bitmask filled ``CODE_ROWS`` rows at a time (no index of every kept entry at once)."""
         S = torch.zeros(self.out_features, self.in_features, dtype=dtype or self.compute_dtype,
                         device=self.values.device)
-        if self.nnz:
+        if self.nnz and not hasattr(self, "mask"):
             S[self.positions()] = self.sparse_values(S.dtype)
+        elif self.nnz:
+            start = 0
+            for rows in self._row_blocks():
+                kept = self._mask_rows(rows)
+                stop = start + int(kept.sum())
+                S[rows][kept] = self._row_values(rows, start, stop, S.dtype)
+                start = stop
         return S
 
     # ------------------------------------------------------------------ parts
     @property
     def rank(self) -> int:
+        """Columns of U, i.e. of the factors L = U Vᵀ of :meth:`factors` (r·⌈n/G⌉ with groups)."""
         return 0 if self.U is None else int(self.U.shape[1])
+
+    def _group_columns(self) -> torch.Tensor:
+        """For each input column j, the first column of its group's factors: g(j)·r."""
+        r = int(self.V.shape[1])
+        return torch.arange(self.in_features, device=self.V.device) // int(self.l_group[0]) * r
+
+    def _own_factors(self, V: torch.Tensor) -> torch.Tensor:
+        """Each column's own r factors (n×r) from the block-structured n×(r·groups) V of a result."""
+        if not hasattr(self, "l_group"):
+            return V
+        r = int(self.V.shape[1])
+        at = self._group_columns().to(V.device)[:, None] + torch.arange(r, device=V.device)
+        return torch.gather(V, 1, at)
+
+    def factors(self, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, V) with L = U Vᵀ: with ``l_group`` V expanded to n×(r·groups), column j's factors in
+        its group's r columns and zeros elsewhere."""
+        dtype = dtype or self.compute_dtype
+        U, V = self.U.to(dtype), self.V.to(dtype)
+        if not hasattr(self, "l_group"):
+            return U, V
+        r = V.shape[1]
+        full = torch.zeros(self.in_features, U.shape[1], dtype=dtype, device=V.device)
+        at = self._group_columns()[:, None] + torch.arange(r, device=V.device)
+        return U, full.scatter(1, at, V)
 
     @property
     def nnz(self) -> int:
@@ -273,11 +381,23 @@ class SLaBLinear(nn.Module):
         return u - ((u >> (bits - 1)) << bits)  # two's complement: u ≥ 2^(q−1) stands for u − 2^q
 
     def sparse_values(self, dtype=None) -> torch.Tensor:
-        """The kept values of S in row-major order (nnz), decoded when coded: scale_i·t_ij."""
+        """The kept values of S in row-major order (nnz), decoded when coded: scale_i·t_ij, ``CODE_ROWS``
+        rows at a time."""
         dtype = dtype or self.compute_dtype
         if not hasattr(self, "value_layout"):
             return self.values.to(dtype)
-        return (self.value_scales.to(dtype).reshape(-1, 1) * self.signed_codes().to(dtype)).reshape(-1)
+        k = int(self.value_layout[1])
+        out = torch.empty(self.out_features, k, dtype=dtype, device=self.values.device)
+        for rows in self._row_blocks():
+            out[rows] = self._row_values(rows, rows.start * k, rows.stop * k, dtype).reshape(out[rows].shape)
+        return out.reshape(-1)
+
+    def _row_values(self, rows: slice, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """The kept values of ``rows``, entries ``start:stop`` of :meth:`sparse_values`, in ``dtype``."""
+        if not hasattr(self, "value_layout"):
+            return self.values[start:stop].to(dtype)
+        scales = self.value_scales[rows].to(dtype).reshape(-1, 1)
+        return (scales * self.signed_codes(rows).to(dtype)).reshape(-1)
 
     def sparse_csr(self, dtype=None) -> torch.Tensor:
         dtype = dtype or self.compute_dtype
@@ -299,7 +419,8 @@ class SLaBLinear(nn.Module):
         def cast(t):
             return None if t is None else t.to(dtype)
 
-        return dense_weight(self.sparse_dense(dtype), U=cast(self.U), V=cast(self.V),
+        U, V = (None, None) if self.U is None else self.factors(dtype)
+        return dense_weight(self.sparse_dense(dtype), U=U, V=V,
                             B=self.sign_matrix(dtype), levels=cast(self.levels),
                             row_offset=cast(self.row_offset), quant=self.quant_matrix(dtype))
 
@@ -332,12 +453,12 @@ class SLaBLinear(nn.Module):
         for this call only; then + bias."""
         dt = self.compute_dtype
         xf = xf.to(dt)
-        if (self.rank > FACTORED_MAX_RANK or self.levels is not None or hasattr(self, "q_codes")
+        if (self.rank > FACTORED_MAX_RANK or self.levels is not None or self.has_quant
                 or xf.shape[0] > FACTORED_MAX_ROWS):
             return self._add_bias(xf @ self.reconstruct(dt).T)
         y = (self.sparse_csr(dt) @ xf.T).T if self.nnz else xf.new_zeros(xf.shape[0], self.out_features)
         if self.rank:
-            U, V = self.U.to(dt), self.V.to(dt)
+            U, V = self.factors(dt)
             B = self.sign_matrix(dt)
             for k in range(self.rank):
                 z = xf * V[:, k]
@@ -351,7 +472,7 @@ class SLaBLinear(nn.Module):
         """Whether the fused kernel can compute this layer (numba installed, no two-level codes or
         quantised part, rank ≤ ``fused.MAX_RANK``, on the CPU)."""
         return (fused.HAVE_NUMBA and self.levels is None
-                and not hasattr(self, "q_codes") and self.rank <= fused.MAX_RANK
+                and not self.has_quant and self.rank <= fused.MAX_RANK
                 and self.values.device.type == "cpu"
                 and (self.values.dtype in (torch.float16, torch.bfloat16, torch.float32)
                      or hasattr(self, "value_layout")))
@@ -433,8 +554,8 @@ class _Packed:
 
     def __init__(self, mod: SLaBLinear):
         m, n, r = mod.out_features, mod.in_features, mod.rank
-        has_mask = (hasattr(mod, "mask") or hasattr(mod, "nm_codes")) and mod.nnz > 0
-        if has_mask and hasattr(mod, "nm_codes"):  # N:M codes: decoded once into a bitmask
+        has_mask = (hasattr(mod, "mask") or hasattr(mod, "nm_codes") or hasattr(mod, "rice")) and mod.nnz > 0
+        if has_mask and (hasattr(mod, "nm_codes") or hasattr(mod, "rice")):  # decoded once into a bitmask
             mask = pack_signs(mod.positions()).reshape(-1).numpy()
         else:
             mask = mod.mask.detach().reshape(-1).numpy() if has_mask else np.zeros(0, np.uint8)
@@ -447,11 +568,11 @@ class _Packed:
         self.values = _signed_codes(mod) if coded else self._values(mod.values.detach())
         self.signs = (mod.signs.detach().reshape(-1).numpy() if mod.signs is not None
                       else np.zeros(0, np.uint8))
-        self.V = (mod.V.detach().T.to(torch.float32).contiguous().numpy() if r
-                  else np.zeros((0, n), np.float32))
+        U, V = mod.factors(torch.float32) if r else (None, None)
+        self.V = V.detach().T.contiguous().numpy() if r else np.zeros((0, n), np.float32)
         aux = torch.zeros(m, r + 3, dtype=torch.float32)
         if r:
-            aux[:, :r] = mod.U.detach().to(torch.float32)
+            aux[:, :r] = U.detach()
         aux[:, r + 2] = mod.value_scales.detach().to(torch.float32) if coded else 1.0
         for col, t in ((r, mod.row_offset), (r + 1, mod.bias)):
             if t is not None:

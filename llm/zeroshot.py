@@ -189,6 +189,9 @@ def zero_shot(model, tokenizer, tasks, *, limit: int | None = None, batch_size: 
         raise UserError(f"--limit must be a positive number of documents, got {limit}")
     data_dir()
     _check_engine()
+    from .evaluate import uncache_weights
+
+    uncache_weights(model)  # bounded memory: no dense Ŵ kept per compressed layer
     out: dict[str, dict[str, Any]] = {}
     with _quiet(progress):
         lm = make_lm(model, tokenizer, batch_size)

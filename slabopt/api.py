@@ -78,8 +78,9 @@ def solve(
     value_bits, index_bits : b and ι of the bit budget (docs/formulation.md §4)
     positions : "index" (the default without ``bits``: the positions of S cost ι bits per value;
         ι = 0 is the paper's convention), "rice" (Golomb–Rice codes of the gaps in each row,
-        counted exactly, docs/formulation.md §4.8) or "bitmask" (they cost the m·n-bit mask, or
-        the N:M codes, that the saved format stores, so the ratio is the ratio on disk; §4.6)
+        counted exactly, docs/formulation.md §4.8), "bitmask" (they cost the m·n-bit mask, or
+        the N:M codes, that the saved format stores, so the ratio is the ratio on disk; §4.6) or
+        "auto" (the cheapest of these exact codes: "rice" for the "row" pattern, else "bitmask")
     sparse_bits : q in 2..8 stores the kept values of S as q-bit codes with one b-bit scale per row
         (``result.sparse_codes``; the budget counts q bits per value, docs/formulation.md §4.7);
         ``None`` (default) stores them at b bits; ``"auto"`` takes q = round(a) + 1 for the a bits per
@@ -118,25 +119,9 @@ def solve(
     sparse_refit = check_int("sparse_refit", sparse_refit, 0)
     layout = (None if info.quant_layout is None
               else info.quant_layout(tuple(Wc.shape), info.options_in_force(options)))
-    if l_group is not None and not info.grouped_lowrank:
-        grouped = ", ".join(n for n, d in methods().items() if get_method(n).grouped_lowrank)
-        raise ValueError(f"method {info.name!r} stores one L; l_group is taken by: {grouped}")
-    budget_args = dict(pattern=pattern, value_bits=value_bits, index_bits=index_bits,
-                       components=info.components, quant=layout, positions=positions,
-                       sparse_bits=sparse_bits, l_group=l_group)
-    try:
-        bud = make_budget(tuple(Wc.shape), ratio, rank, **budget_args)
-    except InfeasibleBudgetError as exc:
-        if bits is None or "quant" in info.components:
-            raise
-        r = rank if "lowrank" in info.components else 0
-        floor = storage_bits(tuple(Wc.shape), 0, r, value_bits, binary="binary" in info.components and r > 0,
-                             l_group=l_group)
-        raise InfeasibleBudgetError(
-            f"{bits} bits per weight is not reachable for shape {tuple(Wc.shape)} with rank {rank}"
-            f"{'' if l_group is None else f' and l_group {l_group}'}: the signs and the factors of L alone "
-            f"cost {floor / (Wc.shape[0] * Wc.shape[1]):.4f} bits per weight; ask for more bits, a lower "
-            "rank or larger groups of L") from exc
+    bud = _layer_budget(info, tuple(Wc.shape), ratio, bits, rank, dict(
+        pattern=pattern, value_bits=value_bits, index_bits=index_bits, components=info.components,
+        quant=layout, positions=positions, sparse_bits=sparse_bits, l_group=l_group))
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
     report = _with_progress(callback, max_iter, info.name) if progress else callback
@@ -160,39 +145,48 @@ def solve(
     finally:
         if progress:
             report.close()
-    return _package(
-        problem,
-        dec,
-        info.name,
-        W_in.dtype,
-        start,
-        dict(
-            ratio=ratio,
-            rank=rank,
-            pattern=str(bud.pattern),
-            value_bits=value_bits,
-            index_bits=index_bits,
-            positions=positions,
-            **({} if sparse_bits is None else {"sparse_bits": sparse_bits, "sparse_refit": sparse_refit,
-                                               "sparse_bits_used": bud.sparse_bits}),
-            **({} if l_group is None else {"l_group": l_group}),
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            damping=damping,
-            **options,
-            **({} if layout is None else {"quant": dict(bits=layout.bits, group_size=layout.group_size,
-                                                        symmetric=layout.symmetric,
-                                                        group_index=layout.group_index)}),
-        ),
-    )
+    coded = {} if sparse_bits is None else {"sparse_bits": sparse_bits, "sparse_refit": sparse_refit,
+                                            "sparse_bits_used": bud.sparse_bits}
+    quant = {} if layout is None else {"quant": dict(bits=layout.bits, group_size=layout.group_size,
+                                                     symmetric=layout.symmetric,
+                                                     group_index=layout.group_index)}
+    settings = dict(ratio=ratio, rank=rank, pattern=str(bud.pattern), value_bits=value_bits,
+                    index_bits=index_bits, positions=positions, **coded,
+                    **({} if l_group is None else {"l_group": l_group}),
+                    max_iter=max_iter, tol=tol, seed=seed, damping=damping, **options, **quant)
+    return _package(problem, dec, info.name, W_in.dtype, start, settings)
+
+
+def _layer_budget(info: Any, shape: tuple[int, int], ratio: float | None, bits: float | None, rank: int,
+                  args: dict) -> Any:
+    """The :class:`Budget` of the layer (``args``: the keywords of :func:`slabopt.budget`); when the
+    budget was given as ``bits`` and cannot be met, the error says so in bits per weight."""
+    l_group = args["l_group"]
+    if l_group is not None and not info.grouped_lowrank:
+        grouped = ", ".join(n for n in methods() if get_method(n).grouped_lowrank)
+        raise ValueError(f"method {info.name!r} stores one L; l_group is taken by: {grouped}")
+    try:
+        return make_budget(shape, ratio, rank, **args)
+    except InfeasibleBudgetError as exc:
+        if bits is None or "quant" in info.components:
+            raise
+        r = rank if "lowrank" in info.components else 0
+        floor = storage_bits(shape, 0, r, args["value_bits"], binary="binary" in info.components and r > 0,
+                             l_group=l_group)
+        raise InfeasibleBudgetError(
+            f"{bits} bits per weight is not reachable for shape {shape} with rank {rank}"
+            f"{'' if l_group is None else f' and l_group {l_group}'}: the signs and the factors of L alone "
+            f"cost {floor / (shape[0] * shape[1]):.4f} bits per weight; ask for more bits, a lower "
+            "rank or larger groups of L") from exc
 
 
 def _ratio_and_positions(info: Any, ratio: Any, bits: float | None, positions: str | None,
                          pattern: str, value_bits: int, options: dict) -> tuple[float | None, str]:
     """The ratio and position code in force: ``bits`` B (not with ``ratio``) becomes ratio
-    1 − B/b with positions counted on disk; a quantiser's ``bits`` goes to its options."""
-    if bits is not None and "quant" in info.components:
+    1 − B/b with positions counted on disk; a quantiser's ``bits`` goes to its options (its code
+    width), except for quantisers without that option (billm, arb: their size is fixed by their
+    algorithm), whose upper-bound bits the budget checks against B like a ratio."""
+    if bits is not None and "quant" in info.components and "bits" in info.option_names():
         options["bits"] = bits
         bits = None
     if bits is None:

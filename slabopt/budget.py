@@ -22,11 +22,12 @@ from fractions import Fraction
 import numpy as np
 
 from ._validation import check_choice, check_int, check_ratio
+from .binarized import BinarizedLayout
 from .patterns import Pattern, bitmask_bits, parse_pattern
 from .positions import rice_bound, rice_bounds
 from .quantized import QuantLayout
 
-POSITIONS = ("index", "bitmask", "rice")
+POSITIONS = ("index", "bitmask", "rice", "auto")
 COMPONENTS = frozenset({"sparse", "lowrank", "binary", "twolevel", "offset", "quant"})
 SLAB_COMPONENTS = frozenset({"sparse", "lowrank", "binary"})  # S + L ⊙ B, the default
 # "twolevel": a per-row two-level code (two b-bit values per row + the 1-bit matrix B),
@@ -211,18 +212,25 @@ def _infeasible_message(shape: tuple[int, int], ratio: float, rank: int, binary:
             f"ratio <= {shown}" + (f", or {lower}" if lower else ""))
 
 
-def _quant_message(quant: QuantLayout, ratio: float, value_bits: int, fixed: int, dense: int) -> str:
-    """Why a quantiser's fixed cost exceeds the requested ratio, and what to ask for instead."""
+def _quant_message(quant: QuantLayout | BinarizedLayout, ratio: float, value_bits: int, fixed: int,
+                   dense: int) -> str:
+    """Why a quantiser's fixed cost exceeds the requested ratio (= 1 − B/b for a budget of B bits
+    per weight), and what to ask for instead. A binarized layout before solving counts the most
+    salient columns its search can pick: an upper bound, its size being fixed by its algorithm."""
     m, n = quant.shape
     reached = 1 - Fraction(fixed, dense)
-    head = (f"ratio {ratio} is not reachable with {quant.describe()} for shape {(m, n)}: they cost "
-            f"{float(Fraction(fixed, m * n)):.4f} bits per weight (values at {value_bits} bits), ")
+    bound = isinstance(quant, BinarizedLayout) and quant.salient_columns is None
+    note = "; a size fixed by the algorithm, counted with the most salient columns it can pick" * bound
+    head = (f"ratio {ratio} (= {float((1 - Fraction(ratio)) * value_bits):.4g} bits per weight) is not "
+            f"reachable with {quant.describe()} for shape {(m, n)}: they cost {'up to ' if bound else ''}"
+            f"{float(Fraction(fixed, m * n)):.4f} bits per weight (values at {value_bits} bits{note}), ")
+    smaller = ("larger blocks (blocksize) or fewer candidate salient columns (salient_search)"
+               if isinstance(quant, BinarizedLayout) else "fewer bits or larger groups")
     if reached <= 0:
-        return head + ("as much as the dense matrix or more; use fewer bits or larger groups, "
-                       "or pass ratio=None to accept this size")
+        return head + (f"as much as the dense matrix or more; use {smaller}, or pass ratio=None to accept "
+                       "this size")
     return head + (f"i.e. ratio {_at_most(reached)}; pass ratio=None to accept the ratio the "
-                   f"quantiser reaches, ask for ratio <= {_at_most(reached)}, or use fewer bits or "
-                   "larger groups")
+                   f"quantiser reaches, ask for ratio <= {_at_most(reached)}, or use {smaller}")
 
 
 def budget(
@@ -262,7 +270,8 @@ def budget(
         paper's convention) or "bitmask" (they cost what the saved format stores: a bitmask of m·n
         bits, or ⌈log₂ C(M, N)⌉ bits per group for N:M; ``index_bits`` must then be 0). With
         "bitmask" the mask is charged before the values, so the ratio is the ratio on disk
-        (docs/formulation.md §4.6).
+        (docs/formulation.md §4.6); "rice": Golomb–Rice codes of the gaps of each row (§4.8, "row"
+        pattern); "auto": the cheapest exact code, "rice" for the "row" pattern, else "bitmask".
     sparse_bits : q in 2..8 stores the values of S as q-bit integer codes with one b-bit scale per
         row (docs/formulation.md §4.7), so each kept entry costs q + ι bits and the scales b·m;
         ``None`` (default) stores them at b bits. Only for the "row" and N:M patterns (an equal
@@ -306,6 +315,8 @@ def budget(
     binary = ("binary" in components and rank > 0) or twolevel
     row_values = 2 if twolevel else (1 if "offset" in components else 0)
     pat = parse_pattern(pattern)
+    if positions == "auto":  # the cheapest exact code: Rice codes never cost more than the bitmask
+        positions = "rice" if pat.kind == "row" else "bitmask"
     sparse_bits = _check_sparse_bits(sparse_bits, pat, components)
     if positions == "rice" and pat.kind != "row":
         raise ValueError(f'positions="rice" needs pattern "row" (the same count in every row), got {pat}')

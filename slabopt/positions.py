@@ -117,28 +117,52 @@ def rice_encode(indptr: np.ndarray, indices: np.ndarray, n: int) -> tuple[np.nda
     return np.packbits(bits), total
 
 
-def rice_decode(data: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
-    """The kept column indices (concatenated rows) of codes written by :func:`rice_encode` for rows
-    keeping ``counts`` entries of ``n``."""
-    bits = np.unpackbits(np.asarray(data, dtype=np.uint8))
-    counts = np.asarray(counts, dtype=np.int64)
-    out = np.empty(int(counts.sum()), dtype=np.int64)
-    pos = at = 0
-    zeros = np.flatnonzero(bits == 0)
-    rows = []
-    for k in counts.tolist():
-        coded = coded_count(n, k)
-        p = rice_parameter(n, coded)
-        col, start = -1, at
-        for _ in range(coded):
-            stop = zeros[np.searchsorted(zeros, pos)]  # the zero that ends the unary part
+def _decode_into(data: np.ndarray, coded: np.ndarray, params: np.ndarray, flip: np.ndarray,
+                 mask: np.ndarray) -> None:
+    """Fill the m×n boolean ``mask`` from the packed codes: row i reads coded[i] gaps of parameter
+    params[i] and marks their columns (``flip[i]``: the row coded its left-out columns, so those are
+    cleared in a row of True)."""
+    pos = 0
+    for i in range(mask.shape[0]):
+        if flip[i]:
+            mask[i, :] = True
+        col = -1
+        p = params[i]
+        for _ in range(coded[i]):
+            ones = 0
+            while (data[pos >> 3] >> (7 - (pos & 7))) & 1:
+                ones += 1
+                pos += 1
+            pos += 1
             low = 0
-            for b in bits[stop + 1: stop + 1 + p]:
-                low = (low << 1) | int(b)
-            col += ((stop - pos) << p) + low + 1
-            out[at] = col
-            at += 1
-            pos = stop + 1 + p
-        got = out[start:at]
-        rows.append(got if coded == k else np.setdiff1d(np.arange(n), got))
-    return np.concatenate(rows) if rows else out[:0]
+            for _ in range(p):
+                low = (low << 1) | ((data[pos >> 3] >> (7 - (pos & 7))) & 1)
+                pos += 1
+            col += (ones << p) + low + 1
+            mask[i, col] = not flip[i]
+
+
+try:  # the decoder is a plain loop over the bits: compiled where numba is installed
+    from numba import njit
+
+    _decode_into = njit(cache=True, nogil=True)(_decode_into)
+except ImportError:  # pragma: no cover - numba comes with slabopt[llm]
+    pass
+
+
+def rice_decode_mask(data: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+    """The m×n boolean pattern of codes written by :func:`rice_encode` for rows keeping
+    ``counts`` entries of ``n``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    coded = np.minimum(counts, n - counts)
+    params = np.array([rice_parameter(n, int(k)) for k in coded], dtype=np.int64)
+    mask = np.zeros((counts.size, n), dtype=np.bool_)
+    padded = np.concatenate([np.asarray(data, dtype=np.uint8), np.zeros(1, np.uint8)])
+    _decode_into(padded, coded, params, counts > n - counts, mask)
+    return mask
+
+
+def rice_decode(data: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+    """The kept column indices (concatenated rows, ascending in each) of codes written by
+    :func:`rice_encode` for rows keeping ``counts`` entries of ``n``."""
+    return np.nonzero(rice_decode_mask(data, counts, n))[1]

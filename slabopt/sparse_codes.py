@@ -53,6 +53,12 @@ def _row_errors(values: Any, weights: Any, scales: Any, bits: int) -> Any:
     return xp.sum(weights * err * err, axis=1)
 
 
+def row_step(k: int) -> int:
+    """Rows of k kept values processed at a time (about ``ROWS_PER_CHUNK`` entries, at least one
+    row): the blocks of :func:`fit_row_scales`, and of the callers that code S block by block."""
+    return max(1, ROWS_PER_CHUNK // max(k, 1))
+
+
 def fit_row_scales(values: Any, weights: Any, bits: int, value_bits: int = 16) -> Any:
     """Row scales (m×1, compute dtype, rounded to the stored precision) of least weighted error
     over the shrink grid ``SHRINKS`` (first best on ties); a row of zeros gets scale 1."""
@@ -67,7 +73,7 @@ def fit_row_scales(values: Any, weights: Any, bits: int, value_bits: int = 16) -
         return xp.where(s > 0, s, xp.full_like(s, tiny))
 
     scales = []
-    step = max(1, ROWS_PER_CHUNK // max(k, 1))
+    step = row_step(k)
     for i0 in range(0, m, step):
         v, w = values[i0 : i0 + step], weights[i0 : i0 + step]
         amax = xp.max(xp.abs(v), axis=1, keepdims=True) if k else xp.zeros_like(v[:, :1])

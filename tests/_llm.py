@@ -57,7 +57,8 @@ def parts_abs(mod) -> torch.Tensor:
     numbers a path adds up, whatever the order in which it combines the parts."""
     A = mod.sparse_dense(torch.float64).abs()
     if mod.rank:
-        A += mod.U.double().abs() @ mod.V.double().abs().T
+        U, V = mod.factors(torch.float64)
+        A += U.abs() @ V.abs().T
     if mod.row_offset is not None:
         A += mod.row_offset.double().abs()[:, None]
     if mod.levels is not None:

@@ -12,12 +12,15 @@ rng = np.random.default_rng(21)
 W = rng.standard_t(4, size=(16, 24))
 X = rng.standard_normal((60, 24))
 
-DEFAULTS = {"alternating": 20, "admm": 60, "oats": 80, "godec": 100, "rpca": 1000}
+DEFAULTS = {"alternating": 20, "admm": 60, "oats": 80, "godec": 100, "rpca": 1000, "arb": 15}
+# binarizers: their size is fixed by their algorithm, above ratio 0.5 on a layer this small
+FIXED_SIZE = {"billm", "arb"}
 
 
 @pytest.mark.parametrize("method", sorted(slabopt.methods()))
 def test_every_method_stops_at_max_iter(method):
-    res = slabopt.solve(W, X, ratio=0.5, rank=2, method=method, max_iter=2, tol=0)
+    ratio = None if method in FIXED_SIZE else 0.5
+    res = slabopt.solve(W, X, ratio=ratio, rank=2, method=method, max_iter=2, tol=0)
     assert 1 <= res.n_iter <= 2 and len(res.history) == res.n_iter
     assert res.settings["max_iter"] == 2
     if method == "rpca":
@@ -66,7 +69,7 @@ def test_register_method_takes_a_default_max_iter():
 @pytest.mark.parametrize("method", sorted(slabopt.methods()))
 def test_gram_need_and_fixed_budget_are_declared(method):
     info = get_method(method)
-    assert info.needs_gram is (method in {"sparsegpt", "admm", "gptq"})
+    assert info.needs_gram is (method in {"sparsegpt", "admm", "gptq", "billm", "arb", "slab_obs"})
     assert info.fixed_budget is (method != "rpca")
 
 

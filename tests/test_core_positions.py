@@ -100,3 +100,12 @@ def test_solve_counts_the_exact_code_of_its_positions(method, extra):
                                   sparse_bits=extra.get("sparse_bits"), l_group=extra.get("l_group"))
     assert res.bits == others + rice_encode(indptr, idx, 80)[1]
     assert res.bits <= res.budget.bits <= 2.5 * W.size
+
+
+def test_auto_positions_take_the_cheapest_exact_code():
+    """positions="auto" is Rice codes for the row pattern (never above the bitmask, which then
+    keeps fewer entries) and the N:M codes for an N:M pattern."""
+    row = slabopt.budget((64, 256), 0.8, 1, positions="auto", sparse_bits=4)
+    mask = slabopt.budget((64, 256), 0.8, 1, positions="bitmask", sparse_bits=4)
+    assert row.positions == "rice" and row.nnz > mask.nnz and row.bits <= 0.2 * 16 * 64 * 256
+    assert slabopt.budget((64, 256), None, 1, positions="auto", pattern="2:4").positions == "bitmask"

@@ -5,6 +5,7 @@ import pytest
 
 import slabopt
 from slabopt import dense_weight
+from slabopt.binarized import BinarizedMatrix
 
 rng = np.random.default_rng(11)
 W = rng.standard_t(4, size=(12, 16)) + rng.standard_normal((12, 1))
@@ -20,7 +21,9 @@ def by_hand(S, U=None, V=None, B=None, levels=None, row_offset=None, quant=None)
         W_hat += np.where(B > 0, levels[1][:, None], levels[0][:, None])
     if row_offset is not None:
         W_hat += row_offset[:, None]
-    if quant is not None:
+    if isinstance(quant, BinarizedMatrix):
+        W_hat += binarized_by_hand(quant)
+    elif quant is not None:
         n = S.shape[1]
         group = [quant.group_index[j] if quant.group_index is not None
                  else (0 if quant.group_size is None else j // quant.group_size) for j in range(n)]
@@ -28,6 +31,36 @@ def by_hand(S, U=None, V=None, B=None, levels=None, row_offset=None, quant=None)
             zero = 2.0 ** (quant.bits - 1) if quant.zeros is None else quant.zeros[:, group[j]]
             W_hat[:, j] += quant.scales[:, group[j]] * (quant.codes[:, j].astype(float) - zero)
     return W_hat
+
+
+def binarized_by_hand(q):
+    """Ŵ_ij = Σ_k μ_{b,t,k}[i] + α_{b,t,k}[i]·β_{t,k}[j]·s_{k,ij} of slabopt.binarized, entry by entry:
+    term t = 2·h + k on salient columns (h the salient group, 0 without CGB), 2·(salient groups) + h
+    elsewhere; β = 1 and μ = 0 when not stored."""
+    lay = q.layout
+    m, n = lay.shape
+    salient = np.flatnonzero(q.salient)
+    other = np.flatnonzero(~q.salient)
+    out = np.zeros((m, n))
+    for i in range(m):
+        for j in range(n):
+            b = j // lay.blocksize
+            if q.salient[j]:
+                c = int(np.searchsorted(salient, j))
+                h = 0 if q.salient_groups is None else int(q.salient_groups[i, c])
+                planes = [q.signs[i, j], q.signs2[i, c]]
+                terms = [2 * h, 2 * h + 1]
+                betas = None if q.column_scales_salient is None else q.column_scales_salient[terms, c]
+            else:
+                c = int(np.searchsorted(other, j))
+                h = int(q.groups[i, c])
+                planes, terms = [q.signs[i, j]], [2 * lay.salient_groups + h]
+                betas = None if q.column_scales_other is None else q.column_scales_other[[h], c]
+            for k, (plus, t) in enumerate(zip(planes, terms, strict=True)):
+                value = q.row_scales[b, t, i] * (1.0 if betas is None else betas[k])
+                out[i, j] += (value if plus else -value) + (0.0 if q.row_means is None
+                                                            else q.row_means[b, t, i])
+    return out
 
 
 def test_each_term_only_when_given():
@@ -65,13 +98,16 @@ def test_torch_matches_numpy():
 
 
 QUANT_OPTIONS = {"rtn": [{}, {"group_size": None}, {"bits": 3, "group_size": 5, "symmetric": True}],
-                 "gptq": [{}, {"group_size": None}, {"bits": 2, "group_size": 8, "act_order": True}]}
+                 "gptq": [{}, {"group_size": None}, {"bits": 2, "group_size": 8, "act_order": True}],
+                 "arb": [{}], "billm": [{}]}
+FIXED_SIZE = {"arb", "billm"}  # binarizers: their size is fixed by their algorithm, above ratio 0.5 here
 
 
 @pytest.mark.parametrize(("method", "options"),
                          [(m, o) for m in sorted(slabopt.methods()) for o in QUANT_OPTIONS.get(m, [{}])])
 def test_reconstruct_is_dense_weight_of_the_parts(method, options):
-    res = slabopt.solve(W, X, ratio=0.5, rank=2, method=method, max_iter=3, **options)
+    ratio = None if method in FIXED_SIZE else 0.5
+    res = slabopt.solve(W, X, ratio=ratio, rank=2, method=method, max_iter=3, **options)
     parts = dict(U=res.U, V=res.V, B=res.signs(), levels=res.levels, row_offset=res.row_offset,
                  quant=res.quant)
     assert (res.quant is not None) is (method in QUANT_OPTIONS)
@@ -79,6 +115,22 @@ def test_reconstruct_is_dense_weight_of_the_parts(method, options):
     np.testing.assert_array_equal(res.reconstruct(), dense_weight(S, **parts))
     np.testing.assert_allclose(res.reconstruct(), by_hand(S, **parts), rtol=1e-12, atol=1e-12)
     assert res.objective == pytest.approx(slabopt.objective(W, res.reconstruct(), X).diagonal, rel=1e-9)
+
+
+@pytest.mark.parametrize(("method", "options"),
+                         [("billm", {"blocksize": 5, "salient_search": 3}),
+                          ("billm", {"blocksize": 6, "metric": "magnitude"}),
+                          ("arb", {"blocksize": 5, "salient_search": 4}),
+                          ("arb", {"blocksize": 7, "column_group_bitmap": False})])
+def test_binarized_reconstruct_is_the_equation_over_several_blocks(method, options):
+    """Blocks of 5 to 7 columns (the last one shorter), with and without CGB and means: Ŵ entry by
+    entry from the stored part, and the counted bits from its exact number of salient columns."""
+    res = slabopt.solve(W, X, ratio=None, method=method, max_iter=3, **options)
+    q = res.quant
+    assert q.layout.n_blocks == -(-W.shape[1] // options["blocksize"]) > 2
+    assert 0 < q.layout.salient_columns == int(np.sum(q.salient)) <= q.layout.most_salient()
+    np.testing.assert_allclose(res.reconstruct(), binarized_by_hand(q), rtol=1e-12, atol=1e-12)
+    assert res.bits == q.storage_bits(16) <= res.budget.bits
 
 
 def test_two_level_result_carries_levels():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 
@@ -24,6 +25,7 @@ from slabopt.llm.pipeline import compress_model  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
+from slabopt.binarized import BinarizedMatrix, bit_breakdown  # noqa: E402
 
 from ._llm import quick_compress_args, save_checkpoint, tiny_model  # noqa: E402
 from ._llm import windows as _windows  # noqa: E402
@@ -80,6 +82,18 @@ def test_slablinear_matches_solver_result_and_budget():
     assert m16.storage_bytes() == expected
 
 
+def _binarized_abs(q) -> torch.Tensor:
+    """Σ_k |μ| + |α|·|β| over the terms of each entry of a binarized part (all signs +1)."""
+    def ab(a):
+        return None if a is None else torch.as_tensor(a).abs()
+
+    return dataclasses.replace(
+        q, signs=torch.ones_like(torch.as_tensor(q.signs)), signs2=torch.ones_like(torch.as_tensor(q.signs2)),
+        row_scales=ab(q.row_scales), row_means=ab(q.row_means),
+        column_scales_salient=ab(q.column_scales_salient),
+        column_scales_other=ab(q.column_scales_other)).dequantize(torch.float32)
+
+
 def _rounding_bound(res, eps: float) -> torch.Tensor:
     """Entrywise bound on |Ŵ(parts rounded to eps) − Ŵ(parts)| (first order in eps)."""
     m, n = res.shape
@@ -91,7 +105,9 @@ def _rounding_bound(res, eps: float) -> torch.Tensor:
         B += res.levels.abs().max(0).values[:, None]
     if res.row_offset is not None:
         B += res.row_offset.abs()[:, None]
-    if res.quant is not None:  # scales and zero points rounded: |Δ(s·(q − z))| ≤ eps·|s|·(|q| + 2|z|)
+    if isinstance(res.quant, BinarizedMatrix):  # |Δ(μ + α·β·s)| ≤ eps·|μ| + 2·eps·|α|·|β| per term
+        B += _binarized_abs(res.quant)
+    elif res.quant is not None:  # scales and zero points rounded: |Δ(s·(q − z))| ≤ eps·|s|·(|q| + 2|z|)
         q = res.quant
         groups = q.column_groups()
         s = q.scales.abs()[:, groups]
@@ -123,15 +139,68 @@ def test_saved_layer_is_the_solved_layer_and_counted_bits_are_stored(tmp_path, m
     assert bool((diff <= _rounding_bound(res, eps)).all()), float(diff.max())
     m, n = res.shape
     stored = sum(8 * t.numel() * t.element_size() for k, t in state.items()
-                 if k not in ("mask", "nm", "nm_codes", "q_layout"))
+                 if k not in ("mask", "nm", "nm_codes", "q_layout", "binarized.layout"))
     padding = m * (8 * -(-n // 8) - n) if "signs" in state else 0
-    if res.quant is not None:  # codes padded to whole bytes per row, the group index to a byte
+    if isinstance(res.quant, BinarizedMatrix):  # each bit plane padded to a whole byte
+        parts = bit_breakdown(res.quant.layout)
+        padding += sum(-parts[k] % 8 for k in ("signs", "second_plane", "group_bitmap", "salient_columns"))
+    elif res.quant is not None:  # codes padded to whole bytes per row, the group index to a byte
         q = res.quant.layout
         padding += m * (8 * -(-n * q.bits // 8) - n * q.bits)
         if q.group_index:
             w = (q.n_groups - 1).bit_length()
             padding += 8 * -(-n * w // 8) - n * w
     assert stored - padding == res.bits  # the sparsity bitmask is what ι = 0 leaves uncounted
+
+
+@pytest.mark.parametrize("method", ["billm", "arb"])
+def test_binarized_model_saves_reloads_and_counts_its_bytes(tmp_path, method):
+    """compress (ratio None: the binarization fixes the size) -> folder -> load_compressed: every
+    layer reloads to the same Ŵ and logits, its forward is x Ŵᵀ, and the bytes of its buffers are the
+    bits the log counts, up to the padding of each bit plane and the layout record."""
+    from safetensors.torch import load_file
+
+    model = tiny_model()
+    out = tmp_path / "out"
+    man = compress_model(model, _windows(), out, method=method, ratio=None, max_iter=3, progress=False,
+                         log=None)
+    loaded, _ = load_compressed(out)
+    x = _windows(seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, loaded(input_ids=x).logits)
+    entries = iter(man["layers"])
+    for b, (mine, theirs) in enumerate(zip(decoder_layers(model), decoder_layers(loaded), strict=True)):
+        state = load_file(str(out / f"blocks/block_{b:03d}.safetensors"))
+        for name, mod in block_linears(theirs).items():
+            entry = next(entries)
+            assert entry["name"] == name and isinstance(mod, SLaBLinear) and mod.has_quant
+            same = block_linears(mine)[name].reconstruct()
+            torch.testing.assert_close(mod.reconstruct(), same, rtol=0, atol=0)
+            xin = torch.randn(3, mod.in_features)
+            torch.testing.assert_close(mod(xin), xin @ mod.reconstruct().T, rtol=1e-5, atol=1e-5)
+            parts = bit_breakdown(mod.quant_matrix().layout)
+            stored = sum(8 * t.numel() * t.element_size() for k, t in state.items()
+                         if k.startswith(f"{name}.") and k != f"{name}.binarized.layout")
+            padding = sum(-parts[k] % 8 for k in ("signs", "second_plane", "group_bitmap", "salient_columns"))
+            assert stored - padding == entry["bits"] == sum(parts.values())
+    assert next(entries, None) is None
+
+
+def test_cli_binarized_compress_eval_and_bits(tiny_checkpoint, tmp_path, capsys):
+    """``slabopt compress --method billm`` (no ratio) and ``slabopt eval`` of the folder; ``--bits``
+    below what the binarization can cost is refused with the size it costs."""
+    base = ["--model", str(tiny_checkpoint), "--calib-tokens", "32", "--seqlen", "16"]
+    out = tmp_path / "b"
+    code, so, err = _run_cli(["compress", *base, "--method", "billm", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["settings"]["ratio"] is None
+    code, so, err = _run_cli(["eval", str(out), "--tokens", "64", "--seqlen", "16", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(so)
+    assert 1 < res["perplexity"] < float("inf") and res["method"] == "billm"
+    code, so, err = _run_cli(["compress", *base, "--method", "arb", "--bits", "1.5", "--out",
+                              str(tmp_path / "a")], capsys)
+    assert code == 2 and "1.5 bits per weight" in err and "a size fixed by the algorithm" in err, err
 
 
 def test_save_load_identical_logits_and_manifest(tmp_path):

@@ -182,3 +182,16 @@ def test_budget_arguments_are_checked():
         slabopt.solve(W, X, method="slab_obs", bits=2.5, rank=1, positions="index")
     with pytest.raises(ValueError, match="spread"):
         slabopt.solve(W, X, method="slab_obs", bits=2.5, rank=1, spread="odd")
+
+
+def test_refit_history_is_the_objective_of_its_parts():
+    """The values refit_scales records (from shared products, not recomputed) are g of the parts
+    it returns and of the parts it started from."""
+    from slabopt.solvers.scale_refit import refit_scales
+
+    W, H, B, index, T, a, c, tau = _random_parts(seed=7)
+    g0 = objective(W, H, B, a, c, index, T, tau)
+    a2, c2, tau2, history = refit_scales(W, H, B, a, c, index, T, tau, 2)
+    assert history[0] == pytest.approx(g0, rel=1e-10)
+    assert history[-1] == pytest.approx(objective(W, H, B, a2, c2, index, T, tau2), rel=1e-10)
+    assert len(history) == 3 and history[1] < history[0]

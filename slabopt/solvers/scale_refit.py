@@ -25,33 +25,51 @@ from scipy.linalg import cho_factor, cho_solve
 from ..objective import trace_form
 
 
-def refit_rows(W: np.ndarray, H: np.ndarray, B: np.ndarray, c: np.ndarray, groups: np.ndarray,
-               T: np.ndarray) -> np.ndarray:
-    """x_i = (Z_i H Z_iᵀ)⁺ Z_i H w_i for every row: the m×(G+1) matrix [a | τ] (the least-norm
-    solution where a row's system is singular, e.g. a row of S with no codes). Z_i's group rows are nonzero on
-    their group's columns only, so Z H costs one m×n×n product in all."""
-    signed = np.where(B, c, -c)
-    count = int(groups.max()) + 1
-    cols = [np.flatnonzero(groups == g) for g in range(count)]
-    ZH = [signed[:, j] @ H[j, :] for j in cols] + [T @ H]
-    Z_at = [(signed[:, j], j) for j in cols] + [(T, slice(None))]
+def _group_products(signed: np.ndarray, groups: np.ndarray, H: np.ndarray) -> list[tuple]:
+    """For each group g: (its columns, Z_g H) with Z_g = c ⊙ b on the group's columns, 0 elsewhere
+    (``signed`` = c ⊙ b); one m×n×n product in all."""
+    cols = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+    return [(j, signed[:, j] @ H[j, :]) for j in cols]
+
+
+def _rows_solve(W: np.ndarray, signed: np.ndarray, parts: list[tuple], T: np.ndarray,
+                TH: np.ndarray) -> np.ndarray:
+    """x_i = (Z_i H Z_iᵀ)⁺ Z_i H w_i from the products Z_g H (``parts``) and T H."""
+    ZH = [zh for _, zh in parts] + [TH]
+    Z_at = [(signed[:, j], j) for j, _ in parts] + [(T, slice(None))]
     G = np.stack([np.stack([np.einsum("ij,ij->i", zh[:, j], z) for z, j in Z_at], axis=-1) for zh in ZH],
                  axis=1)
     rhs = np.stack([np.einsum("ij,ij->i", zh, W) for zh in ZH], axis=-1)
     return (np.linalg.pinv(G, rcond=1e-13, hermitian=True) @ rhs[..., None])[..., 0]
 
 
+def refit_rows(W: np.ndarray, H: np.ndarray, B: np.ndarray, c: np.ndarray, groups: np.ndarray,
+               T: np.ndarray) -> np.ndarray:
+    """x_i = (Z_i H Z_iᵀ)⁺ Z_i H w_i for every row: the m×(G+1) matrix [a | τ] (the least-norm
+    solution where a row's system is singular, e.g. a row of S with no codes)."""
+    signed = np.where(B, c, -c)
+    return _rows_solve(W, signed, _group_products(signed, groups, H), T, T @ H)
+
+
+def _columns_solve(B: np.ndarray, a: np.ndarray, groups: np.ndarray, H: np.ndarray, R: np.ndarray,
+                   RH: np.ndarray) -> tuple[np.ndarray, float]:
+    """(c, g at c): c solves (H ⊙ UᵀU) c = diag(Uᵀ R H) for R = W − τ ⊙ T (``RH`` = R H), and at
+    that minimiser g = tr(R H Rᵀ) − cᵀ diag(Uᵀ R H)."""
+    U = np.where(B, a[:, groups], -a[:, groups])
+    A = H * (U.T @ U)
+    rhs = np.einsum("ij,ij->j", U, RH)
+    try:
+        c = cho_solve(cho_factor(A), rhs)
+    except np.linalg.LinAlgError:  # a column with u = 0 (all its a's are 0): least norm
+        c = np.linalg.lstsq(A, rhs, rcond=None)[0]
+    return c, float(np.sum(RH * R) - c @ rhs)
+
+
 def refit_columns(W: np.ndarray, H: np.ndarray, B: np.ndarray, a: np.ndarray, groups: np.ndarray,
                   T: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """c solving (H ⊙ UᵀU) c = diag(Uᵀ (W − τ ⊙ T) H), u_ij = a_{i,g(j)} b_ij."""
-    U = np.where(B, a[:, groups], -a[:, groups])
     R = W - tau[:, None] * T
-    A = H * (U.T @ U)
-    rhs = np.einsum("ij,ij->j", U, R @ H)
-    try:
-        return cho_solve(cho_factor(A), rhs)
-    except np.linalg.LinAlgError:  # a column with u = 0 (all its a's are 0): least norm
-        return np.linalg.lstsq(A, rhs, rcond=None)[0]
+    return _columns_solve(B, a, groups, H, R, R @ H)[0]
 
 
 def objective(W: np.ndarray, H: np.ndarray, B: np.ndarray, a: np.ndarray, c: np.ndarray,
@@ -64,18 +82,25 @@ def objective(W: np.ndarray, H: np.ndarray, B: np.ndarray, a: np.ndarray, c: np.
 def refit_scales(W: np.ndarray, H: np.ndarray, B: np.ndarray, a: np.ndarray, c: np.ndarray,
                  groups: np.ndarray, T: np.ndarray, tau: np.ndarray,
                  rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
-    """(a, c, τ, [g before, g after each round]): ``rounds`` of the row step then the column step,
-    each kept only where it lowers g."""
-    history = [objective(W, H, B, a, c, groups, T, tau)]
+    """(a, c, τ, [g before, g after each round]): ``rounds`` of the row step then the column step.
+    Each step is an exact minimiser, so g cannot rise; a round that would (rounding) is not kept
+    and ends the refit. The products are shared: with W H and T H computed once, Ŵ H (for g
+    before) and R H = W H − τ ⊙ T H (for the column step and g after it) need no more."""
+    WH, TH = W @ H, T @ H
+    history: list[float] = []
     for _ in range(rounds):
-        x = refit_rows(W, H, B, c, groups, T)
-        f = objective(W, H, B, x[:, :-1], c, groups, T, x[:, -1])
-        if f < history[-1]:
-            a, tau, history = x[:, :-1], x[:, -1], [*history, f]
-        c_new = refit_columns(W, H, B, a, groups, T, tau)
-        f = objective(W, H, B, a, c_new, groups, T, tau)
-        if f < history[-1]:
-            c, history = c_new, [*history, f]
-        else:
+        signed = np.where(B, c, -c)
+        parts = _group_products(signed, groups, H)
+        if not history:
+            W_hat = signed * a[:, groups] + tau[:, None] * T
+            W_hat_H = tau[:, None] * TH
+            for g, (_, zh) in enumerate(parts):
+                W_hat_H += a[:, g:g + 1] * zh
+            history.append(float(np.sum((WH - W_hat_H) * (W - W_hat))))
+        x = _rows_solve(W, signed, parts, T, TH)
+        a_new, tau_new = x[:, :-1], x[:, -1]
+        c_new, f = _columns_solve(B, a_new, groups, H, W - tau_new[:, None] * T, WH - tau_new[:, None] * TH)
+        if not f < history[-1]:
             break
+        a, c, tau, history = a_new, c_new, tau_new, [*history, f]
     return a, c, tau, history

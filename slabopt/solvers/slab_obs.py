@@ -52,12 +52,17 @@ def block_counts(n: int, blocksize: int, k: int) -> np.ndarray:
 
 def weighted_abs_fit(A: np.ndarray, d: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """(U, V) with U Vᵀ = SVD_r(|A| D) D⁻¹ (columns with d_j = 0 get V_j = 0): the L of rank r that
-    minimises ‖(|A| − L) D‖_F; at rank 1 both factors are ≥ 0 (Perron–Frobenius). The right
-    singular vectors come from the eigenvectors of the small Gram matrix (|A| D)ᵀ(|A| D)."""
+    minimises ‖(|A| − L) D‖_F; at rank 1 both factors are ≥ 0 (Perron–Frobenius). The singular
+    vectors come from the eigenvectors of the smaller Gram matrix, M Mᵀ or Mᵀ M (M = |A| D)."""
     M = np.abs(A) * d
-    _, vecs = np.linalg.eigh(M.T @ M)
-    Vs = vecs[:, ::-1][:, :rank]
-    U = M @ Vs
+    if M.shape[0] < M.shape[1]:
+        _, vecs = np.linalg.eigh(M @ M.T)
+        Us = vecs[:, ::-1][:, :rank]
+        U, Vs = Us, M.T @ Us  # U Vsᵀ = Us Usᵀ M, the projection on the top left singular vectors
+    else:
+        _, vecs = np.linalg.eigh(M.T @ M)
+        Vs = vecs[:, ::-1][:, :rank]
+        U = M @ Vs
     V = np.divide(Vs, d[:, None], out=np.zeros((A.shape[1], rank)), where=d[:, None] > 0)
     if rank == 1 and U.sum() < 0:
         U, V = -U, -V
@@ -239,7 +244,7 @@ def _sweep(W: np.ndarray, Hinv: np.ndarray, st: _State, d: np.ndarray, grouped: 
     grouped_lowrank=True,
 )
 def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, spread: str = "even",
-             code_scale: str = "row", refit: int = 2) -> Decomposition:
+             code_scale: str = "row", refit: int = 1) -> Decomposition:
     """S + L ⊙ B column block by column block with error feedback (module docstring).
 
     The budget fixes the rank r, the kept entries per row k, the group size of L (``l_group``; the

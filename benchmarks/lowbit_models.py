@@ -1,0 +1,109 @@
+"""Perplexity at 1.5–4 bits per weight on disk: S + L⊙B with error feedback against the quantisers
+and the binarization peers, on the shipped SmolLM2-135M (weights Q4_1 before we de-quantise them).
+
+Every point is one ``slabopt compress`` and one ``slabopt eval`` of the saved folder in fresh
+processes, with the protocol of ``benchmarks/bits_sweep.py`` (calibration 4 × 1024 tokens of the
+training split, seed 0; perplexity on the first 4 × 1024 test tokens), so the quantiser points
+measured there (``benchmarks/results/bits_sweep.json``: rtn, gptq) are read from it rather than
+run again. Bits per weight are the folder's linear layers on disk: 16 · (1 − ``linear_disk_ratio``).
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.lowbit_models run [--labels LABEL ...]
+    .venv/bin/python -m benchmarks.lowbit_models report   # table + docs/lowbit_models.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .bits_sweep import OUT_JSON as SWEEP_JSON
+from .bits_sweep import run_point
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_JSON = REPO / "benchmarks" / "results" / "lowbit_models.json"
+OUT_PNG = REPO / "docs" / "lowbit_models.png"
+THREADS = ["--threads", "2"]
+FROM_SWEEP = ("gptq int2 g128", "gptq int2 g64", "gptq int3 g128", "gptq int3", "gptq int4", "gptq int4 g128",
+              "rtn int2 g64", "rtn int3 g128", "rtn int4 g128", "slab 2.5 bits", "slab 3 bits", "slab 4 bits",
+              "sparsegpt 2.5 bits", "dense")
+
+
+def points() -> list[dict]:
+    """slab_obs at each size (the recipe's q), the binarization peers, and slab_obs's ablations; in
+    the order they decide the claims."""
+    def obs(bits: float, extra: tuple = (), options: dict | None = None, note: str = "") -> dict:
+        q = 3 if bits < 2.75 else 4
+        return {"method": "slab_obs", "label": f"slab_obs {bits} bits{note}", "options": options or {},
+                "args": ["--bits", str(bits), "--sparse-bits", str(q), *extra, *THREADS]}
+
+    pts = [obs(2.5), obs(3.25)]
+    pts += [{"method": m, "label": m, "options": {}, "args": THREADS} for m in ("billm", "arb")]
+    pts += [obs(2.25), obs(2.0), obs(2.5, options={"feedback": False, "refit": 0}, note=", no feedback"),
+            obs(3.0), obs(1.5), obs(4.0), obs(2.5, ("--l-group", "128"), note=", L per 128 columns")]
+    return pts
+
+
+def run(args) -> None:
+    done = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"points": []}
+    have = {p["label"] for p in done["points"]}
+    for p in points():
+        if p["label"] in have or (args.labels and p["label"] not in args.labels):
+            continue
+        print(f"{time.strftime('%H:%M:%S')} {p['label']}", flush=True)
+        try:
+            done["points"].append(run_point(p, Path(args.work)))
+        except Exception as exc:  # a failed point is reported and skipped, the others still run
+            print(f"  failed: {str(exc)[-300:]}", flush=True)
+            continue
+        last = done["points"][-1]
+        print(f"  perplexity {last['perplexity']:.3f} at {last['bits_per_weight']:.3f} bits/weight",
+              flush=True)
+        OUT_JSON.write_text(json.dumps(done, indent=1))
+
+
+def table() -> list[dict]:
+    """This benchmark's points and the quantiser points of bits_sweep.json, by bits per weight."""
+    ours = json.loads(OUT_JSON.read_text())["points"] if OUT_JSON.is_file() else []
+    sweep = json.loads(SWEEP_JSON.read_text())["points"]
+    theirs = [dict(p, source="bits_sweep") for p in sweep if p["label"] in FROM_SWEEP]
+    return sorted(ours + theirs, key=lambda p: p["bits_per_weight"])
+
+
+def report(_args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = table()
+    dense = next(p["perplexity"] for p in pts if p["label"] == "dense")
+    print("| method | bits per weight on disk | perplexity | × dense |")
+    print("|---|---|---|---|")
+    for p in pts:
+        ratio = p["perplexity"] / dense
+        print(f"| {p['label']} | {p['bits_per_weight']:.3f} | {p['perplexity']:.4g} | {ratio:.3g} |")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in ("slab_obs", "gptq", "rtn", "slab", "billm", "arb"):
+        mine = [p for p in pts if p["method"] == name and p["bits_per_weight"] < 5 and "," not in p["label"]]
+        if mine:
+            ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine], "o-", label=name)
+    ax.axhline(dense, color="k", ls=":", label=f"dense ({dense:.2f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight on disk (linear layers, every bit counted)")
+    ax.set_ylabel("perplexity (first 4 × 1024 test tokens)")
+    ax.set_title("SmolLM2-135M (Q4_1 weights de-quantised) at 1.5–4.3 bits")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT_PNG, dpi=120)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("run", "report"))
+    ap.add_argument("--labels", nargs="*")
+    ap.add_argument("--work", default=str(REPO / ".cache" / "lowbit_models"))
+    a = ap.parse_args()
+    run(a) if a.what == "run" else report(a)

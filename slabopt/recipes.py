@@ -1,0 +1,64 @@
+"""The recommended recipe for a size in bits per weight on disk: the one place that says which method
+and settings ``slabopt compress --bits B`` (and :func:`recipe_for_bits`) use, from the measured
+tables of docs/results.md ("Low-bit comparison").
+
+Below ``CROSSOVER_BITS`` S + L ⊙ B with error feedback (``slab_obs``) stores less error than the
+quantisers at the same bits; from there on GPTQ does, so the recipe is GPTQ with the largest code
+width and group that fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._validation import check_real
+
+CROSSOVER_BITS = 3.25  # below: slab_obs; at and above: gptq (docs/results.md, low-bit comparison)
+GPTQ_SHAPES = ((8, None), (8, 128), (6, None), (6, 128), (5, None), (5, 128), (4, None), (4, 128),
+               (4, 64), (3, None), (3, 128), (3, 64), (2, None), (2, 128), (2, 64))
+PER_CHANNEL_MARGIN = 0.1  # bits per weight a per-channel scale and zero point may cost (n ≥ 320)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A method and its settings: ``solve`` keywords (``settings``) and method options."""
+
+    method: str
+    settings: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    reason: str = ""
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in {**self.settings, **self.options}.items()]
+        return f"{self.method} ({', '.join(parts)})"
+
+
+def _gptq_cost(bits: int, group: int | None) -> float:
+    """Bits per weight of GPTQ codes with a 16-bit scale and zero point per group (per channel:
+    at most ``PER_CHANNEL_MARGIN``)."""
+    return bits + (PER_CHANNEL_MARGIN if group is None else 32 / group)
+
+
+def quantiser_shape(bits: float) -> tuple[int, int | None]:
+    """(code bits, group size) of the largest GPTQ/RTN layout of ``GPTQ_SHAPES`` costing at most
+    ``bits`` per weight (16-bit scale and zero point per group)."""
+    fits = [(b, g) for b, g in GPTQ_SHAPES if _gptq_cost(b, g) <= bits]
+    if not fits:
+        raise ValueError(f"no quantiser layout costs at most {bits} bits per weight (2-bit codes in groups "
+                         "of 64 cost 2.5)")
+    return max(fits, key=lambda s: _gptq_cost(*s))
+
+
+def recipe_for_bits(bits: float) -> Recipe:
+    """The recommended recipe at ``bits`` per weight on disk (module docstring)."""
+    bits = check_real("bits", bits, 1.0, 16.0)
+    if bits < CROSSOVER_BITS:
+        q = 3 if bits < 2.75 else 4
+        return Recipe("slab_obs", {"bits": bits, "rank": 1, "sparse_bits": q, "positions": "rice"},
+                      {},
+                      f"below {CROSSOVER_BITS} bits S + L⊙B with error feedback has the least layer error "
+                      "and perplexity measured (docs/results.md)")
+    b, g = quantiser_shape(bits)
+    return Recipe("gptq", {"ratio": None}, {"bits": b, "group_size": g},
+                  f"from {CROSSOVER_BITS} bits on GPTQ has the least layer error and perplexity measured "
+                  "(docs/results.md)")
