@@ -143,6 +143,18 @@ def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dic
     return rec.method, ratio, bits, {**rec.options, **options}, settings
 
 
+def _warn_if_collapsing(cfg) -> None:
+    """One line before the work starts when the recipe is one the measured tables mark as collapsing."""
+    from slabopt.recipes import collapse_warning
+
+    on_disk = cfg.bits
+    if on_disk is None and cfg.ratio is not None:
+        on_disk = cfg.value_bits * (1 - cfg.ratio) + (1 if cfg.positions == "index" else 0)
+    line = collapse_warning(cfg.method, on_disk, cfg.options.get("bits"))
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _fixed_budget(method: str, pattern: str) -> bool:
     """Whether the method and pattern fix the bits by themselves (N:M patterns, quantisers)."""
     from slabopt.registry import get_method
@@ -164,6 +176,7 @@ def cmd_compress(args) -> int:
     out = Path(args.out)
     method, ratio, bits, options, recipe = _method_and_budget(args)
     cfg = _config(args, method, ratio, options, bits, recipe)
+    _warn_if_collapsing(cfg)
     d = distributed.init(args.device, data_parallel=args.data_parallel, timeout=args.dist_timeout)
     try:
         man = compress_checkpoint(args.model, out, cfg, calib_tokens=args.calib_tokens, seqlen=args.seqlen,

@@ -62,3 +62,27 @@ def recipe_for_bits(bits: float) -> Recipe:
     return Recipe("gptq", {"ratio": None}, {"bits": b, "group_size": g},
                   f"from {CROSSOVER_BITS} bits on GPTQ has the least layer error and perplexity measured "
                   "(docs/results.md)")
+
+
+# Recipes the measured tables mark as collapsing (perplexity ≥ 8× dense on SmolLM2, docs/results.md):
+# (method, what collapses, the measurement)
+COLLAPSING = (
+    (("gptq", "rtn"), "with 2-bit codes", "GPTQ int2 g64 at 2.5 bits: perplexity 43,523 (3,742× dense)"),
+    (("slab", "alternating", "admm", "wanda", "sparsegpt", "magnitude"), "at under 5 bits per weight",
+     "slab at 4 bits on disk: 93.9 (8× dense), at 3.5 bits over 10⁷"),
+)
+
+
+def collapse_warning(method: str, bits: float | None, code_bits: int | None = None) -> str | None:
+    """One line when ``method`` at ``bits`` per weight on disk (or with ``code_bits``-bit codes, for
+    a quantiser) is a recipe the measured tables mark as collapsing, naming what to use instead."""
+    for methods, what, measured in COLLAPSING:
+        if method not in methods:
+            continue
+        quantiser = methods[0] == "gptq"
+        if (quantiser and code_bits is not None and code_bits <= 2) or (
+                not quantiser and bits is not None and bits < 5):
+            better = recipe_for_bits(bits).describe() if bits is not None and bits >= 1 else "slab_obs"
+            return (f"warning: {method} {what} collapses in the measured tables ({measured}); "
+                    f"at this size use {better} (slabopt compress --bits B without --method)")
+    return None

@@ -27,3 +27,15 @@ def test_sizes_out_of_range_are_refused():
         recipe_for_bits(0.5)
     with pytest.raises(ValueError, match="no quantiser layout"):
         quantiser_shape(2.05)
+
+
+def test_collapsing_recipes_are_named_and_the_others_are_not():
+    from slabopt.recipes import collapse_warning
+
+    line = collapse_warning("slab", 3.5)
+    assert line.startswith("warning: slab at under 5 bits") and "use gptq" in line
+    assert "use slab_obs" in collapse_warning("wanda", 2.5)
+    assert "gptq" in collapse_warning("gptq", 2.5, code_bits=2)
+    assert collapse_warning("gptq", 3.25, code_bits=3) is None
+    assert collapse_warning("slab", 8.0) is None
+    assert collapse_warning("slab_obs", 2.5) is None

@@ -139,3 +139,14 @@ def test_compare_at_bits_runs_each_method_at_each_size(tmp_path, capsys):
         else:
             assert man["settings"]["positions"] == "rice"
     assert "2.5 bits" in (work / "results.md").read_text()
+
+
+def test_cli_warns_before_a_collapsing_recipe(tmp_path, capsys):
+    """compress --ratio 0.78125 with the default slab recipe (3.5 bits on disk) says in one line,
+    before it starts, that the tables mark it as collapsing and what to use instead."""
+    base = quick_compress_args(tmp_path)
+    code = cli.main([*base, "--ratio", "0.78125", "--out", str(tmp_path / "w")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "collapses" in lines[0] and "--bits" in lines[0]
