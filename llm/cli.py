@@ -189,13 +189,13 @@ def cmd_compress(args) -> int:
         return 0
     s = man["sizes"]
     # (a folder written before the sizes were taken at the value bits: its ratios are against 16 bits)
-    dense, bits = ((s["linear_dense_bytes"], man["settings"]["value_bits"]) if "linear_dense_bytes" in s
+    dense, value_bits = ((s["linear_dense_bytes"], man["settings"]["value_bits"]) if "linear_dense_bytes" in s
                    else (s["linear_dense16_bytes"], 16))
     budget = f"ratio {ratio}" if bits is None else f"{bits} bits per weight"
     print(f"compressed {method} {budget} pattern {args.pattern} rank {args.rank} -> {out}")
     print(f"  calibration text: {man['settings']['text']}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {dense:,} dense at "
-          f"{bits}-bit values ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
+          f"{value_bits}-bit values ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
           f"{s['linear_budget_ratio']:.4f}); compression {man['compress_seconds']:.1f}s; "
           f"per-layer log: {out / 'layers.log'}")
     return 0

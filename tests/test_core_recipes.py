@@ -5,7 +5,7 @@ import pytest
 from slabopt.recipes import CROSSOVER_BITS, quantiser_shape, recipe_for_bits
 
 
-@pytest.mark.parametrize("bits", [1.5, 2.0, 2.5, 2.74, 3.0, 3.2])
+@pytest.mark.parametrize("bits", [1.5, 2.0, 2.5, 2.74, 3.0, 3.25, 3.45])
 def test_below_the_crossover_slab_obs_at_that_size(bits):
     rec = recipe_for_bits(bits)
     assert rec.method == "slab_obs" and rec.settings["bits"] == bits
@@ -13,7 +13,7 @@ def test_below_the_crossover_slab_obs_at_that_size(bits):
     assert rec.settings["positions"] == "rice" and rec.reason
 
 
-@pytest.mark.parametrize("bits,shape", [(CROSSOVER_BITS, (3, 128)), (3.6, (3, 64)), (4.2, (4, None)),
+@pytest.mark.parametrize("bits,shape", [(CROSSOVER_BITS, (3, 64)), (3.6, (3, 64)), (4.2, (4, None)),
                                         (4.3, (4, 128)), (5.5, (5, 128)), (8.25, (8, 128)), (16, (8, 128))])
 def test_from_the_crossover_the_largest_gptq_layout_that_fits(bits, shape):
     """GPTQ with the costliest layout of b + 32/G bits (per channel: b + 0.1) not above the size."""
