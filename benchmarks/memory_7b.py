@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,48 +115,80 @@ def ensure_model(layers: int, folder: Path) -> tuple[int, int]:
     return size, json.loads(marker.read_text())["vocab_size"]
 
 
-def probe(threads: int, max_iter: int) -> dict:
+def default_config(compress_args: list[str]):
+    """The ``CompressConfig`` that ``slabopt compress`` builds from its defaults and
+    ``compress_args`` (captured where the CLI hands it to ``compress_checkpoint``)."""
+    from slabopt.llm import cli, pipeline
+
+    class Captured(BaseException):
+        pass
+
+    def capture(model, out_dir, config, **kwargs):
+        """Stand-in for ``compress_checkpoint``: hand the config back."""
+        raise Captured(config)
+
+    run, pipeline.compress_checkpoint = pipeline.compress_checkpoint, capture
+    try:
+        cli.main(["compress", "--out", "unused", *compress_args])
+    except Captured as c:
+        return c.args[0]
+    finally:
+        pipeline.compress_checkpoint = run
+    raise RuntimeError("slabopt compress did not reach compress_checkpoint")
+
+
+def _rss() -> dict[str, int]:
+    t = Path("/proc/self/status").read_text()
+    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", t, re.M).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
+
+
+def _step(fn):
+    """(fn(), {"peak", "kept"}): VmHWM after a reset (``/proc/self/clear_refs``) and VmRSS after
+    the call, both relative to VmRSS just before it."""
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _rss()["VmRSS"]
+    out = fn()
+    after = _rss()
+    return out, {"peak": after["VmHWM"] - before, "kept": after["VmRSS"] - before}
+
+
+def probe(compress_args: list[str]) -> dict:
     """Memory of one 11008×4096 layer through the pipeline's steps, in this process (``probe``).
 
-    The same calls as ``pipeline._solve_layer`` / ``_compress_block`` / ``_run_block``: the solve
-    from a bf16 weight cast to float32, ``SLaBLinear.from_result`` (fp16 values, bf16 compute), the
-    cached dense Ŵ of the block's calibration forward. Peaks are VmHWM after a reset
-    (``/proc/self/clear_refs``), relative to VmRSS just before the step; "kept" is what stays.
+    The settings are those of ``slabopt compress`` with ``compress_args`` (:func:`default_config`),
+    and the calls the pipeline's: ``pipeline._solve_layer`` on a bf16 weight (cast to float32 there),
+    ``SLaBLinear.from_result`` (fp16 values, bf16 compute) and the block's calibration forward with
+    the layer's dense Ŵ cached (``set_cache_weight(True)``, 512 tokens). Peaks are VmHWM after a
+    reset, relative to VmRSS just before the step; "kept" is what stays.
     """
     import torch
+    from slabopt.llm import allocator, pipeline
     from slabopt.llm.slablinear import SLaBLinear
 
-    import slabopt
-
-    torch.set_num_threads(threads)
-
-    def rss():
-        t = Path("/proc/self/status").read_text()
-        return {k: int(re.search(rf"^{k}:\s+(\d+) kB", t, re.M).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
-
-    def step(fn):
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        before = rss()["VmRSS"]
-        out = fn()
-        after = rss()
-        return out, {"peak": after["VmHWM"] - before, "kept": after["VmRSS"] - before}
-
+    allocator.limit_heap_retention()  # as `slabopt compress` does at start
+    cfg = default_config(compress_args)
+    need_gram = cfg.check().needs_gram
     torch.manual_seed(0)
     m, n = 11008, 4096
-    weight = (torch.randn(m, n) * 0.02).to(torch.bfloat16)
-    col_norms = torch.rand(n) + 0.5
+    lin = torch.nn.Linear(n, m, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(m, n) * 0.02)
     x = torch.randn(512, n).to(torch.bfloat16)
-    res, solve = step(lambda: slabopt.solve(weight.to(torch.float32), ratio=0.5, rank=1, method="alternating",
-                                            seed=0, max_iter=max_iter, col_norms=col_norms))
-    mod, build = step(lambda r=res: SLaBLinear.from_result(r, store_dtype=torch.float16,
-                                                           compute_dtype=torch.bfloat16))
+    stats = {"sq": (x.float() ** 2).sum(0)}
+    if need_gram:
+        stats["gram"] = x.float().T @ x.float()
+    res, solve = _step(lambda: pipeline._solve_layer(lin, stats, 0, 4, "mlp.gate_proj", cfg, need_gram))
+    mod, build = _step(lambda r=res: SLaBLinear.from_result(r, store_dtype=torch.float16,
+                                                            compute_dtype=torch.bfloat16))
+    q = res.settings.get("sparse_bits_used")
     res = None  # as in the pipeline, only the module stays
     mod.set_cache_weight(True)
-    _, forward = step(lambda: mod(x))
+    _, forward = _step(lambda: mod(x))
     buffers = {k: v.numel() * v.element_size() for k, v in mod.named_buffers()}
-    return {"shape": [m, n], "dense_bf16_bytes": 2 * m * n, "nnz": mod.nnz, "solve": solve,
-            "from_result": build, "cached_forward": forward, "buffers_bytes": buffers,
-            "module_bytes": sum(buffers.values()), "stored_bytes": mod.storage_bytes(),
+    return {"shape": [m, n], "settings": {k: str(v) for k, v in vars(cfg).items()}, "sparse_bits_used": q,
+            "dense_bf16_bytes": 2 * m * n, "nnz": mod.nnz, "solve": solve, "from_result": build,
+            "cached_forward": forward, "buffers_bytes": buffers, "module_bytes": sum(buffers.values()),
+            "stored_bytes": mod.storage_bytes(),
             "cached_weight_bytes": mod._W.numel() * mod._W.element_size()}
 
 
@@ -448,15 +481,29 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ main
+TOLD = ("--calib-tokens", "--seqlen", "--max-iter", "--threads")  # passed to compress only when given
+
+
+def told_options(args) -> list[str]:
+    """The options of :data:`TOLD` given to the benchmark, as compress takes them."""
+    values = [(flag, getattr(args, flag[2:].replace("-", "_"))) for flag in TOLD]
+    return [x for flag, value in values if value is not None for x in (flag, str(value))]
+
+
+def compress_args(args) -> list[str]:
+    """The ``slabopt compress`` options the benchmark was told (everything else: compress's defaults)."""
+    return told_options(args) + shlex.split(args.compress_args)
+
+
 def compress_cmd(model: Path, out: Path, args, trace: bool = False) -> list[str]:
+    """The measured command: compress ``model`` into ``out`` (bf16, CPU) with :func:`compress_args`."""
     head = [sys.executable, "-c", TRACE] if trace else [sys.executable, "-m", "slabopt.llm"]
-    return [*head, "compress", "--model", str(model), "--dtype", "bfloat16",
-            "--device", "cpu", "--method", "slab", "--ratio", "0.5", "--rank", "1",
-            "--calib-tokens", str(args.calib_tokens), "--seqlen", str(args.seqlen),
-            "--max-iter", str(args.max_iter), "--threads", str(args.threads), "--out", str(out), "--verbose"]
+    return [*head, "compress", "--model", str(model), "--dtype", "bfloat16", "--device", "cpu",
+            *compress_args(args), "--out", str(out), "--verbose"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's options (``build`` and ``probe`` are the internal subcommands)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd")
     b = sub.add_parser("build", help="(internal) write the random checkpoint")
@@ -465,10 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("probe", help="(internal) memory of one 11008×4096 layer's steps, as JSON")
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/slabopt_memory_7b"))
-    p.add_argument("--calib-tokens", type=int, default=512)
-    p.add_argument("--seqlen", type=int, default=256)
-    p.add_argument("--max-iter", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    for flag in TOLD:
+        p.add_argument(flag, type=int, default=None, help=f"compress's {flag} (default: compress's own)")
+    p.add_argument("--compress-args", default="", metavar="ARGS",
+                   help="further `slabopt compress` options, e.g. \"--sparse-bits none --positions index\" "
+                        "(default: none, i.e. compress's defaults)")
     p.add_argument("--trace", type=int, metavar="L", default=None,
                    help="also run L layers once more with per-phase memory markers (diagnosis)")
     p.add_argument("--probe", action="store_true",
@@ -479,17 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the model folders and outputs")
     p.add_argument("--json", type=Path, default=OUT_JSON)
     p.add_argument("--png", type=Path, default=OUT_PNG)
-    args = p.parse_args(argv)
-    if args.cmd == "build":
-        build(args.layers, args.dir)
-        return 0
-    if args.cmd == "probe":
-        print(json.dumps(probe(args.threads, args.max_iter)))
-        return 0
+    return p
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    malloc_env = {} if args.malloc_threshold is None else {
-        name: str(args.malloc_threshold) for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+
+def run_rows(args, malloc_env: dict) -> list[dict]:
+    """One measured compress per L of ``--layers``."""
     rows = []
     for layers in args.layers:
         model, out = args.workdir / f"llama7b_L{layers}", args.workdir / f"out_L{layers}"
@@ -512,39 +554,29 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and layers != args.trace:
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(model, ignore_errors=True)
-    trace = None
-    if args.trace is not None:
-        model, out = args.workdir / f"llama7b_L{args.trace}", args.workdir / f"trace_L{args.trace}"
-        ckpt, _ = ensure_model(args.trace, model)
+    return rows
+
+
+def run_trace(args, malloc_env: dict) -> dict:
+    """The ``--trace L`` run: the same compress with phase markers."""
+    model, out = args.workdir / f"llama7b_L{args.trace}", args.workdir / f"trace_L{args.trace}"
+    ckpt, _ = ensure_model(args.trace, model)
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = compress_cmd(model, out, args, trace=True)
+    print(f"trace L={args.trace}: running the same compress with phase markers", flush=True)
+    code = code_version()
+    m = run_measured(cmd, args.workdir / f"trace_L{args.trace}.log", trace=True, extra_env=malloc_env)
+    if m["returncode"] != 0:
+        sys.exit(f"traced compress failed (exit {m['returncode']}); see {args.workdir}")
+    if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
-        cmd = compress_cmd(model, out, args, trace=True)
-        print(f"trace L={args.trace}: running the same compress with phase markers", flush=True)
-        code = code_version()
-        m = run_measured(cmd, args.workdir / f"trace_L{args.trace}.log", trace=True, extra_env=malloc_env)
-        if m["returncode"] != 0:
-            sys.exit(f"traced compress failed (exit {m['returncode']}); see {args.workdir}")
-        trace = {"layers": args.trace, "code_at_start": code, "checkpoint_bytes": ckpt,
-                 "peak_rss_bytes": m["ru_maxrss_bytes"], "wall_seconds": m["wall_seconds"],
-                 "phases": phases(m)}
-        if not args.keep:
-            shutil.rmtree(out, ignore_errors=True)
-            shutil.rmtree(model, ignore_errors=True)
-    layer_probe = None
-    if args.probe:
-        r = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--max-iter",
-                            str(args.max_iter), "probe"], capture_output=True, text=True, check=True,
-                           cwd=REPO)
-        layer_probe = json.loads(r.stdout.strip().splitlines()[-1])
-    result = {"issue": 11, "target": "peak RSS <= checkpoint bf16 bytes + 2.5 GiB",
-              "shapes": SHAPES, "settings": {"calib_tokens": args.calib_tokens, "seqlen": args.seqlen,
-                                             "max_iter": args.max_iter, "threads": args.threads,
-                                             "child_env": malloc_env,
-                                             "method": "slab", "ratio": 0.5, "rank": 1},
-              "machine": machine(), "rows": rows, "trace": trace,
-              "layer_probe": layer_probe}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, args.png)
+        shutil.rmtree(model, ignore_errors=True)
+    return {"layers": args.trace, "code_at_start": code, "checkpoint_bytes": ckpt,
+            "peak_rss_bytes": m["ru_maxrss_bytes"], "wall_seconds": m["wall_seconds"], "phases": phases(m)}
+
+
+def report(rows: list[dict], trace: dict | None, layer_probe: dict | None) -> None:
+    """Print the table, the phases of a traced run and the layer probe."""
     print(table(rows))
     if trace:
         peak = trace["peak_rss_bytes"] / GIB
@@ -557,7 +589,36 @@ def main(argv: list[str] | None = None) -> int:
             "cached forward peak": layer_probe["cached_forward"]["peak"],
             "module in memory": layer_probe["module_bytes"], "module stored": layer_probe["stored_bytes"],
             "dense bf16": layer_probe["dense_bf16_bytes"]}.items()}))
-    print(f"wrote {args.json} and {args.png}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the runs, write the JSON and the plot, print the tables."""
+    args = parser().parse_args(argv)
+    if args.cmd == "build":
+        build(args.layers, args.dir)
+        return 0
+    if args.cmd == "probe":
+        print(json.dumps(probe(compress_args(args))))
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    malloc_env = {} if args.malloc_threshold is None else {
+        name: str(args.malloc_threshold) for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    rows = run_rows(args, malloc_env)
+    trace = None if args.trace is None else run_trace(args, malloc_env)
+    layer_probe = None
+    if args.probe:
+        cmd = [sys.executable, __file__, *told_options(args), "--compress-args", args.compress_args, "probe"]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+        layer_probe = json.loads(r.stdout.strip().splitlines()[-1])
+    result = {"issue": 11, "target": "peak RSS <= checkpoint bf16 bytes + 2.5 GiB", "shapes": SHAPES,
+              "settings": {"compress_args": compress_args(args), "child_env": malloc_env},
+              "machine": machine(), "rows": rows, "trace": trace, "layer_probe": layer_probe}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if rows:
+        plot(rows, args.png)
+    report(rows, trace, layer_probe)
+    print(f"wrote {args.json}" + (f" and {args.png}" if rows else ""))
     return 0
 
 
