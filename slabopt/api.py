@@ -11,7 +11,6 @@ from ._validation import as_matrix, check_int, check_real, resolve_activations
 from .budget import InfeasibleBudgetError, storage_bits
 from .budget import budget as make_budget
 from .objective import blockwise_objectives
-from .positions import rice_bits
 from .problem import Problem
 from .registry import get_method, methods
 from .result import SolveResult, SparseMatrix
@@ -244,14 +243,6 @@ def _weight_rows(dec: Any, W: Any) -> Callable[[slice], Any]:
     return rows_of
 
 
-def _position_bits(bud: Any, sparse: SparseMatrix) -> int:
-    """What the positions of the solved S cost: the exact length of their Rice codes with
-    ``positions="rice"`` (at most the budget's bound), else the budget's count."""
-    if bud.positions == "rice" and sparse.nnz:
-        return rice_bits(bk.to_numpy(sparse.indptr), bk.to_numpy(sparse.indices), sparse.shape[1])
-    return bud.position_bits(sparse.nnz)
-
-
 def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, settings: dict) -> SolveResult:
     """Compact S, pack B, count the achieved bits and evaluate the objectives of Ŵ."""
     xp, bud = problem.xp, problem.budget
@@ -267,8 +258,9 @@ def _package(problem: Problem, dec: Any, name: str, dtype: Any, start: float, se
     layout = None if dec.quant is None else dec.quant.layout
     if layout != bud.quant:
         raise RuntimeError(f"method {name!r} stored a quantised part {layout} but declared {bud.quant}")
+    positions = bud.exact_position_bits(bk.to_numpy(sparse.indptr), bk.to_numpy(sparse.indices))
     bits = storage_bits((m, n), sparse.nnz, rank, bud.value_bits, bud.index_bits, dec.B is not None,
-                        row_values, quant=layout, position_bits=_position_bits(bud, sparse),
+                        row_values, quant=layout, position_bits=positions,
                         sparse_bits=None if dec.sparse_codes is None else dec.sparse_codes.bits,
                         l_group=bud.l_group)
     scale2 = problem.d_scale**2

@@ -24,7 +24,7 @@ import numpy as np
 from ._validation import check_choice, check_int, check_ratio
 from .binarized import BinarizedLayout
 from .patterns import Pattern, bitmask_bits, parse_pattern
-from .positions import rice_bound, rice_bounds
+from .positions import rice_bits, rice_bound, rice_bounds
 from .quantized import QuantLayout
 
 POSITIONS = ("index", "bitmask", "rice", "auto")
@@ -90,15 +90,29 @@ class Budget:
             return m * rice_bound(n, nnz // m)
         return bitmask_bits(self.shape, self.pattern)
 
+    def exact_position_bits(self, indptr: np.ndarray, indices: np.ndarray) -> int:
+        """What the positions of a solved S (CSR pattern, columns ascending per row) cost: the
+        exact length of their Rice codes with ``positions="rice"`` (at most the bound), else
+        :meth:`position_bits` of its nnz."""
+        nnz = int(indptr[-1])
+        if self.positions == "rice" and nnz:
+            return rice_bits(indptr, indices, self.shape[1])
+        return self.position_bits(nnz)
+
+    def bits_with(self, nnz: int, position_bits: int) -> int:
+        """bits(Ŵ) of this budget's parts with ``nnz`` stored values whose positions cost
+        ``position_bits`` (the exact count of a solved S; :attr:`bits` charges the budget's own)."""
+        return storage_bits(
+            self.shape, nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values,
+            quant=self.quant, position_bits=position_bits, sparse_bits=self.sparse_bits,
+            l_group=self.l_group,
+        )
+
     @property
     def bits(self) -> int:
         """(b + ι)·nnz + b·r·(m + n) + [B stored]·m·n (+ b·row_values·m for two-level codes)
         (+ the quantised part's bits) (+ the bitmask with ``positions="bitmask"``)."""
-        return storage_bits(
-            self.shape, self.nnz, self.rank, self.value_bits, self.index_bits, self.binary, self.row_values,
-            quant=self.quant, position_bits=self.position_bits(), sparse_bits=self.sparse_bits,
-            l_group=self.l_group,
-        )
+        return self.bits_with(self.nnz, self.position_bits())
 
     @property
     def l_groups(self) -> int:

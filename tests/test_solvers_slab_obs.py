@@ -195,3 +195,67 @@ def test_refit_history_is_the_objective_of_its_parts():
     assert history[0] == pytest.approx(g0, rel=1e-10)
     assert history[-1] == pytest.approx(objective(W, H, B, a2, c2, index, T, tau2), rel=1e-10)
     assert len(history) == 3 and history[1] < history[0]
+
+
+def test_fill_spends_the_slack_of_the_position_bound():
+    """After the sweep, entries are added (the same number per row) while the exact bits stay
+    within the budget's: more entries, more bits but never more than charged, lower g."""
+    W, X = _layer(seed=8)
+    kw = dict(method="slab_obs", bits=2.5, rank=1, sparse_bits=3, refit=0)
+    filled = slabopt.solve(W, X, **kw)
+    bare = slabopt.solve(W, X, **kw, fill=False)
+    counts = np.diff(np.asarray(filled.sparse.indptr))
+    assert (counts == counts[0]).all() and counts[0] > bare.sparse.nnz // W.shape[0]
+    assert bare.bits < filled.bits <= filled.budget.bits <= 2.5 * W.size
+    assert filled.objective_full < bare.objective_full
+    decoded = np.asarray(filled.sparse_codes.dequantize()).ravel()
+    assert np.allclose(decoded, np.asarray(filled.sparse.values), rtol=0, atol=1e-12)
+
+
+def test_fill_with_a_bitmask_adds_nothing():
+    """With positions="bitmask" the budget charges what is stored: no slack, nothing added."""
+    W, X = _layer(seed=9)
+    kw = dict(method="slab_obs", bits=2.5, rank=1, sparse_bits=3, positions="bitmask", refit=0)
+    filled, bare = slabopt.solve(W, X, **kw), slabopt.solve(W, X, **kw, fill=False)
+    assert filled.sparse.nnz == bare.sparse.nnz and filled.bits == bare.bits == filled.budget.bits
+
+
+@pytest.mark.parametrize("q", [2, 3, None])
+def test_best_entry_value_is_the_best_on_its_grid(q):
+    """δ minimises −2δr + δ²h over every code of the grid (brute force), or is r/h in float16."""
+    from slabopt.solvers.slack_fill import best_entry_values
+
+    rng = np.random.default_rng(10)
+    r, h = rng.standard_normal(200) * 3, rng.uniform(0.1, 2.0, 200)
+    sigma = np.where(rng.random(200) < 0.1, 0.0, rng.uniform(0.05, 1.0, 200))
+    delta, codes, gain = best_entry_values(r, h, sigma if q else None, q)
+    assert np.allclose(gain, 2 * delta * r - delta**2 * h)
+    if q is None:
+        assert np.array_equal(delta, (r / h).astype(np.float16).astype(np.float64))
+        return
+    grid = sigma[:, None] * (np.arange(2**q)[None, :] - 2 ** (q - 1))
+    brute = (2 * grid * r[:, None] - grid**2 * h[:, None]).max(axis=1)
+    assert np.allclose(gain, brute, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(delta, sigma * (codes.astype(float) - 2 ** (q - 1)))
+
+
+def test_greedy_fill_gain_is_the_drop_of_g():
+    """The gain greedy_fill reports equals g before − g after, computed directly."""
+    from slabopt.solvers.slack_fill import greedy_fill
+
+    rng = np.random.default_rng(11)
+    m, n = 9, 30
+    E = rng.standard_normal((m, n))
+    A = rng.standard_normal((80, n))
+    H = A.T @ A + 0.1 * np.eye(n)
+    start = rng.random((m, n)) < 0.3
+    mask = start.copy()
+    steps = iter(range(4))
+    rows, cols, delta, _, gain = greedy_fill(E @ H, H, mask, np.full((m, n), 0.3), 3, np.float16,
+                                             lambda _mask: next(steps) < 3)
+    assert not start[rows, cols].any() and (mask.sum(axis=1) == start.sum(axis=1) + 3).all()
+    E2 = E.copy()
+    E2[rows, cols] -= delta
+    g = np.einsum("ij,jk,ik->", E, H, E)
+    g2 = np.einsum("ij,jk,ik->", E2, H, E2)
+    assert gain == pytest.approx(g - g2, rel=1e-10) and gain > 0

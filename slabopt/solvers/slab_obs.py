@@ -36,6 +36,7 @@ from ..registry import register_method
 from ..sparse_codes import dequantize_values, fit_row_scales, quantize_values
 from ._obs import dead_inputs, gptq_hessian, input_diagonal, obs_sweep, upper_cholesky_of_inverse
 from .scale_refit import refit_scales
+from .slack_fill import greedy_fill
 
 REFIT_ITERS = 10  # alternating least-squares rounds of step 3
 
@@ -244,7 +245,7 @@ def _sweep(W: np.ndarray, Hinv: np.ndarray, st: _State, d: np.ndarray, grouped: 
     grouped_lowrank=True,
 )
 def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, spread: str = "even",
-             code_scale: str = "row", refit: int = 1) -> Decomposition:
+             code_scale: str = "row", refit: int = 1, fill: bool = True) -> Decomposition:
     """S + L ⊙ B column block by column block with error feedback (module docstring).
 
     The budget fixes the rank r, the kept entries per row k, the group size of L (``l_group``; the
@@ -254,7 +255,8 @@ def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, s
     where its k best entries on W fall). ``code_scale``: the scale of an entry's code, τ_i ("row")
     or τ_i·|l_ij| ("lowrank"); either way one b-bit τ per row is stored. ``refit``: rounds of the
     exact least-squares refit of L's factors and the scales of S under g (rank 1, ``code_scale="row"``;
-    :mod:`slabopt.solvers.scale_refit`)."""
+    :mod:`slabopt.solvers.scale_refit`). ``fill``: after the sweep, spend the bits the positions'
+    bound charged beyond their exact code on more entries of S (:mod:`slabopt.solvers.slack_fill`)."""
     bud = problem.budget
     spread = check_choice("spread", spread, ("even", "adaptive"))
     code_scale = check_choice("code_scale", code_scale, ("row", "lowrank"))
@@ -280,10 +282,28 @@ def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, s
     else:
         for c in range(W.shape[1]):
             column(W[:, c], c)
+    if fill and k > 0:
+        _fill(st, W0, H, tau, q, store, code_scale, bud)
     refit = check_int("refit", refit, 0)
     if refit and bud.rank == 1 and code_scale == "row":
         tau = _refit(st, W0, H, blocks if grouped else [slice(0, W.shape[1])], tau, refit)
     return _decomposition(problem, st, tau, q, k)
+
+
+def _fill(st: _State, W: np.ndarray, H: np.ndarray, tau: np.ndarray | None, q: int | None, store: type,
+          code_scale: str, bud) -> None:
+    """More entries of S, the same number in every row, chosen greedily under g while the exact
+    bits (positions by their exact code) stay within the budget's (:func:`slack_fill.greedy_fill`)."""
+    W_hat = np.where(st.mask, st.S, 0.0) + st.L * np.where(st.positive, 1.0, -1.0)
+    sigma = None if tau is None else tau * _code_units(st, code_scale)
+
+    def fits(mask: np.ndarray) -> bool:
+        indptr = np.r_[0, np.cumsum(mask.sum(axis=1))]
+        positions = bud.exact_position_bits(indptr, np.nonzero(mask)[1])
+        return bud.bits_with(int(indptr[-1]), positions) <= bud.bits
+
+    rows, cols, delta, codes, _ = greedy_fill((W - W_hat) @ H, H, st.mask, sigma, q, store, fits)
+    st.S[rows, cols], st.codes[rows, cols] = delta, codes
 
 
 def _refit(st: _State, W: np.ndarray, H: np.ndarray, groups: list[slice], tau: np.ndarray | None,
@@ -317,7 +337,7 @@ def _decomposition(problem: Problem, st: _State, tau: np.ndarray | None, q: int 
     m = st.S.shape[0]
     codes = None
     if q is not None and k > 0:
-        kept = st.codes[st.mask].reshape(m, k)
+        kept = st.codes[st.mask].reshape(m, -1)
         codes = QuantizedMatrix.from_numpy(kept, tau, None, q, None, None, like=like)
     U, V = (None, None) if st.U.shape[1] == 0 else (put(st.U), put(st.V))
     S = np.where(st.mask, st.S, 0.0)
