@@ -1,4 +1,4 @@
-"""How much more ADMM iterations and the start point buy on the full objective g (issue 3).
+"""How much more ADMM iterations and the start point buy on the full objective g.
 
 On four real SmolLM2-135M layers (``benchmarks.peers_layers``) at ratio 0.5, rank 1, runs
 ``admm`` with ``max_iter`` (ADMM iterations; ``admm_iter`` in the rows) in 20 (the setting of

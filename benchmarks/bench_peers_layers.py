@@ -1,4 +1,4 @@
-"""Every solver on real SmolLM2-135M layers with their real calibration inputs (issue 3, report §2).
+"""Every solver on real SmolLM2-135M layers with their real calibration inputs (report §2).
 
 For each layer of ``benchmarks.peers_layers`` (every linear-layer type of blocks 0 and 15) and each
 ratio in 0.3, 0.5, 0.6, 0.7, 0.8, runs every method through ``slabopt.solve`` at that ratio and

@@ -1,4 +1,4 @@
-"""Synthetic robust-PCA benchmark against existing RPCA libraries (issue 3, report §1).
+"""Synthetic robust-PCA benchmark against existing RPCA libraries (report §1).
 
 M = L₀ + S₀ + G: L₀ = U Vᵀ/√32 of rank 32 (U, V standard normal), S₀ with 5% entries uniform in
 [−5, 5], G = 0.01·N(0, 1); seeded (seed 0). Sizes 1024² and 4096². Methods, one thread, side by

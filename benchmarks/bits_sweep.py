@@ -1,4 +1,4 @@
-"""Perplexity against real bits per weight on disk, for quantisers and pruners alike (issue 13).
+"""Perplexity against real bits per weight on disk, for quantisers and pruners alike.
 
 Every point is one ``slabopt compress`` of the shipped SmolLM2-135M followed by ``slabopt eval``
 of the saved folder, each in a fresh process, one thread. The x-axis is what the folder's linear

@@ -1,4 +1,4 @@
-"""Run time of a loaded compressed model (issue 14): layer matvecs and whole-model decoding on the CPU.
+"""Run time of a loaded compressed model: layer matvecs and whole-model decoding on the CPU.
 
 Two parts, both written into ``benchmarks/results/decode_speed.json`` (a part replaces its entry):
 

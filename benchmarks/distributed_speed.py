@@ -1,6 +1,6 @@
 """Wall time of ``slabopt compress`` (shipped SmolLM2, slab) on 1 process × 1 thread against
 ``torchrun`` with 2 processes × 1 thread (Gloo), weight parallel and with ``--data-parallel``
-(issue 15; docs/distributed.md).
+(docs/distributed.md).
 
     .venv/bin/python benchmarks/distributed_speed.py --repeats 3
 

@@ -115,7 +115,8 @@ def heldout_error(W: np.ndarray, W_hat: np.ndarray, T: np.ndarray) -> float:
 # label: (method, solve keywords); every label is one point at its own bits on disk
 def points() -> dict[str, tuple[str, dict]]:
     pts: dict[str, tuple[str, dict]] = {}
-    for bits, group in ((2, 64), (2, 128), (3, 128), (3, None), (4, 128)):
+    for bits, group in ((2, 64), (2, 128), (3, 128), (3, None), (4, 128), (4, None), (5, None), (6, None),
+                        (8, None)):
         g = f"g{group}" if group else "per channel"
         for method in ("rtn", "gptq"):
             pts[f"{method} int{bits} {g}"] = (method, dict(ratio=None, bits=bits, group_size=group))
@@ -130,6 +131,8 @@ def points() -> dict[str, tuple[str, dict]]:
         pts[f"slab_obs {target}, L per 128 columns"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q,
                                                                          l_group=128))
         pts[f"alternating {target} (q{q}, rice)"] = ("alternating", dict(bits=target, rank=1, sparse_bits=q))
+    for target, q in ((4.0, 3), (5.05, 4), (6.05, 5), (8.05, 7)):  # at GPTQ's per-channel sizes, S ≈ dense
+        pts[f"slab_obs {target} (q{q})"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q))
     pts["billm"] = ("billm", dict(ratio=None))
     pts["arb"] = ("arb", dict(ratio=None))
     return pts

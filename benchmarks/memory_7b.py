@@ -1,4 +1,4 @@
-"""Peak memory of ``slabopt compress`` on a 7B-shaped model in bfloat16 (issue 11).
+"""Peak memory of ``slabopt compress`` on a 7B-shaped model in bfloat16.
 
 Builds a random ``LlamaForCausalLM`` with the shapes of Llama-7B (hidden 4096, intermediate 11008,
 32 attention and 32 key/value heads, untied embeddings, 2048 positions) but only ``L`` decoder
@@ -6,29 +6,25 @@ blocks, saves it in bfloat16 safetensors together with the tokenizer of the ship
 checkpoint (whose ids go up to 49151, so the vocabulary is 49152 instead of Llama's 32000), then
 runs ::
 
-    python -m slabopt.llm compress --model DIR --dtype bfloat16 --device cpu --method slab \
-        --ratio 0.5 --rank 1 --calib-tokens 512 --seqlen 256 --max-iter 5 --threads 2 \
-        --out OUTDIR --verbose
+    python -m slabopt.llm compress --model DIR --dtype bfloat16 --device cpu --out OUTDIR --verbose \
+        [--calib-tokens N] [--seqlen N] [--max-iter N] [--threads N] [--compress-args "..."]
 
-in a fresh process and records its peak resident memory (``ru_maxrss`` of that child from
-``os.wait4``, plus VmRSS / RssAnon / RssFile polled from ``/proc/PID/status``), its wall time and
-the per-block times (``manifest.json``, ``layers.log`` and the time stamps of its output). The model
-is built in a separate process, so the builder's memory does not count. The target is
-peak RSS <= checkpoint size (bf16 safetensors bytes) + 2.5 GiB, whatever ``L``.
+(compress's own defaults unless an option is given) in a fresh process and records its peak
+resident memory (``ru_maxrss`` of that child from ``os.wait4``, plus VmRSS / RssAnon / RssFile
+polled from ``/proc/PID/status``), its wall time and the per-block times (``manifest.json``,
+``layers.log`` and the time stamps of its output). The model is built in a separate process, so
+the builder's memory does not count. The target is peak RSS <= checkpoint size (bf16 safetensors
+bytes) + 2.5 GiB, whatever ``L``.
 
 Run (after ``python -c "from slabopt.llm.data import load_model; load_model()"`` has cached the
 SmolLM2 checkpoint once, for its tokenizer files)::
 
-    .venv/bin/python benchmarks/memory_7b.py --layers 2 4
+    .venv/bin/python benchmarks/memory_7b.py --layers 2 --threads 1      # compress's defaults
 
 ``--trace L`` repeats one run with phase markers (a few pipeline functions wrapped in the child
 process; no file changed), ``--probe`` measures one 11008×4096 layer's steps, and
 ``--malloc-threshold BYTES`` runs compress with glibc's MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_.
-The numbers in docs/benchmarks.md come from::
-
-    .venv/bin/python benchmarks/memory_7b.py --layers 2 4 8 --trace 4 --probe
-    .venv/bin/python benchmarks/memory_7b.py --layers 4 8 --malloc-threshold 1048576 \
-        --json benchmarks/results/memory_7b_malloc.json --png /tmp/memory_7b_malloc.png
+The commands of each table are in docs/benchmarks.md.
 
 Writes ``benchmarks/results/memory_7b.json`` and ``docs/memory_7b.png`` and prints a Markdown
 table. Model folders and outputs go to ``--workdir`` (default ``/tmp/slabopt_memory_7b``) and are
@@ -475,7 +471,10 @@ def plot(rows: list[dict], path: Path) -> None:
     ax2.set_title(f"L={big['layers']}: file-backed + anonymous", fontsize=10)
     ax2.legend(fontsize=8, loc="upper left")
     ax2.grid(alpha=0.3)
-    fig.suptitle("slabopt compress, random 7B-shaped Llama in bf16, 2 CPU threads", fontsize=11)
+    told = rows[0].get("command", "").split()
+    threads = told[told.index("--threads") + 1] if "--threads" in told else "torch's default"
+    fig.suptitle(f"slabopt compress (its defaults), random 7B-shaped Llama in bf16, {threads} CPU thread(s)",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -610,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, *told_options(args), "--compress-args", args.compress_args, "probe"]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         layer_probe = json.loads(r.stdout.strip().splitlines()[-1])
-    result = {"issue": 11, "target": "peak RSS <= checkpoint bf16 bytes + 2.5 GiB", "shapes": SHAPES,
+    result = {"target": "peak RSS <= checkpoint bf16 bytes + 2.5 GiB", "shapes": SHAPES,
               "settings": {"compress_args": compress_args(args), "child_env": malloc_env},
               "machine": machine(), "rows": rows, "trace": trace, "layer_probe": layer_probe}
     args.json.parent.mkdir(parents=True, exist_ok=True)

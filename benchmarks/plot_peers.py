@@ -1,4 +1,4 @@
-"""Plots for docs/benchmarks_solvers.md from the JSON results of the peer benchmarks (issue 3).
+"""Plots for docs/benchmarks_solvers.md from the JSON results of the peer benchmarks.
 
 Reads ``benchmarks/results/layers*.json`` (``bench_peers_layers``) and
 ``benchmarks/results/synthetic.json`` (``bench_peers_synthetic``) and writes

@@ -1,4 +1,4 @@
-"""Which q the diagonal objective prefers, per layer (issue 13): relative error f/f(0) of slab with
+"""Which q the diagonal objective prefers, per layer: relative error f/f(0) of slab with
 ``--sparse-bits q`` at b bits per weight on disk, for the linear layers of one SmolLM2 block, fed the
 dense model's activations of 2,048 calibration tokens (4 windows of 512, seed 0).
 

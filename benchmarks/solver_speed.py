@@ -1,5 +1,5 @@
 """Speed of ``slabopt.solve`` (alternating, rank 1) with the numba row kernel against the reference
-NumPy loop (issue 14, "the solver's own speed").
+NumPy loop ("the solver's own speed").
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python -m benchmarks.solver_speed --repeats 3
 

@@ -1,4 +1,4 @@
-"""Merge the zero-shot runs of docs/results.md into one table and plot (issue 12).
+"""Merge the zero-shot runs of docs/results.md into one table and plot.
 
 Inputs: the ``results.json`` of a ``slabopt compare --tasks ...`` run and the ``slabopt eval
 --tasks ... --json`` outputs of the rows compressed separately (one JSON file per row, named

@@ -1,4 +1,4 @@
-"""Non-uniform budgets across blocks at a fixed total (issue 13): OWL's outlier-weighted allocation.
+"""Non-uniform budgets across blocks at a fixed total: OWL's outlier-weighted allocation.
 
 After Yin et al., "Outlier Weighed Layerwise Sparsity (OWL)", ICML 2024 (the authors' defaults
 M = 5, λ = 0.08). With the dense model's calibration activations, the score of a weight is Wanda's

@@ -1,4 +1,4 @@
-"""Fused CPU forward of a compressed layer, straight from its packed parts (numba; issue 14).
+"""Fused CPU forward of a compressed layer, straight from its packed parts (numba).
 
 For inputs x (rows of X) the layer computes
 

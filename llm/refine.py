@@ -1,4 +1,4 @@
-"""Block-level refinement of the compressed layers (issue 13; after 3BASiL's transformer matching).
+"""Block-level refinement of the compressed layers (after 3BASiL's transformer matching).
 
 After a block's linear layers are replaced by :class:`.SLaBLinear`, the real-valued parts they
 store are tuned by Adam on the block's output error over the calibration windows,

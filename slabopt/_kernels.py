@@ -1,4 +1,4 @@
-"""Optional numba kernels for the alternating solver's loop on NumPy CPU arrays (issue 14).
+"""Optional numba kernels for the alternating solver's loop on NumPy CPU arrays.
 
 One pass over each row of W does what the reference loop of
 :mod:`slabopt.solvers.alternating` does in about a dozen m×n array passes, with the same

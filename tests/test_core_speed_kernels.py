@@ -1,4 +1,4 @@
-"""The numba row kernel of the alternating solver (issue 14) against the reference NumPy loop.
+"""The numba row kernel of the alternating solver against the reference NumPy loop.
 
 The kernel must give the reference's iterates bit for bit: the same masks (exactly k per row, the
 same tie rule), the same signs, factors and objective history; and it must actually run where it

@@ -1,4 +1,4 @@
-"""The pipeline gives freed solver buffers back to the system (glibc; issue 11, memory)."""
+"""The pipeline gives freed solver buffers back to the system (glibc)."""
 
 import subprocess
 import sys

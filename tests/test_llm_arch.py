@@ -1,4 +1,4 @@
-"""Any Hugging Face decoder architecture (issue 11): tiny random models of each family, offline.
+"""Any Hugging Face decoder architecture: tiny random models of each family, offline.
 
 For Llama (tied and untied), Mistral, Qwen2, Qwen3, Gemma2, Gemma3 (text) and Phi3: the blocks'
 captured call arguments reproduce the real forward with sequences longer than the sliding window;

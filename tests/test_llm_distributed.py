@@ -1,4 +1,4 @@
-"""``torchrun -m slabopt.llm compress`` on 2 CPU processes with Gloo (issue 15).
+"""``torchrun -m slabopt.llm compress`` on 2 CPU processes with Gloo.
 
 Every run is a real torchrun launch of the CLI on a tiny saved checkpoint, compared with the same
 CLI in one process (both at 1 thread, so the float sums are done in the same order).

@@ -1,4 +1,4 @@
-"""The fused CPU forward of SLaBLinear (issue 14) against the dense forward of its reconstruction.
+"""The fused CPU forward of SLaBLinear against the dense forward of its reconstruction.
 
 Every path (fused kernel, blocked rebuild, torch reference) must give x Ŵᵀ + bias with
 Ŵ = ``reconstruct()``: |y − y_ref| ≤ 1e-5 · (|x| Aᵀ + |bias|) entrywise, y_ref computed in

@@ -1,4 +1,4 @@
-"""Never lose or corrupt a user's data (issue 10): output folders, integrity, damaged input, resume."""
+"""Never lose or corrupt a user's data: output folders, integrity, damaged input, resume."""
 
 from __future__ import annotations
 

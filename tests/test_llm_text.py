@@ -1,4 +1,4 @@
-"""The user's own text (issue 12): --calib-file for compress, --eval-file for eval, clear errors."""
+"""The user's own text: --calib-file for compress, --eval-file for eval, clear errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two "beyond the paper" variants of the alternating S + L ⊙ B solver (issue 3), kept as separate
+"""Two "beyond the paper" variants of the alternating S + L ⊙ B solver, kept as separate
 methods so that their effect is measurable at equal bits (see docs/benchmarks_solvers.md):
 
 * ``slab_offset``: Ŵ = S + c·1ᵀ + L ⊙ B with a per-row offset c (one extra b-bit value per row,
