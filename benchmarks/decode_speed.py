@@ -13,10 +13,17 @@ Two parts, both written into ``benchmarks/results/decode_speed.json`` (a part re
             shipped SmolLM2: dense float32, dense bfloat16 and folders written by ``slabopt compress``
             (loaded in float32 and in bfloat16), 1 and 2 threads, each in a fresh subprocess.
 
+``rss``     the resident memory a user sees: in a fresh process, load (the dense model with
+            ``transformers.AutoModelForCausalLM.from_pretrained`` of the de-quantised checkpoint, a
+            compressed folder with ``slabopt.llm.load_compressed``), one greedy ``generate`` of
+            ``--new-tokens`` tokens, then VmRSS and VmHWM (nothing trimmed, nothing else run).
+            Both in bfloat16 by default, each ``--rounds`` times, alternating.
+
 Usage::
 
     OMP_NUM_THREADS=2 python -m benchmarks.decode_speed layers
     OMP_NUM_THREADS=2 python -m benchmarks.decode_speed model --folder 0.5=/tmp/r05 --folder 0.7=/tmp/r07
+    python -m benchmarks.decode_speed rss --folder /tmp/r05    # RSS of dense bf16 vs the folder
     python -m benchmarks.decode_speed plot        # docs/decode_speed.png from the JSON
 """
 
@@ -275,6 +282,48 @@ def child(kind: str, folder: str | None, dtype: str, threads: int, new_tokens: i
             "loadavg": os.getloadavg()[0], "text": text}
 
 
+def rss_child(folder: str | None, dtype: str, new_tokens: int) -> dict:
+    """In this fresh process: load the dense model (``folder`` None) or a compressed folder, one
+    greedy ``generate``, then the resident memory as the user's process holds it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    if folder is None:
+        from slabopt.llm.data import dequantised_checkpoint
+
+        path = dequantised_checkpoint(progress=False)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
+    else:
+        from slabopt.llm.checkpoint import load_compressed
+
+        path = Path(folder)
+        model, _ = load_compressed(path, torch_dtype)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        model.generate(ids, do_sample=False, min_new_tokens=new_tokens, max_new_tokens=new_tokens,
+                       pad_token_id=tok.eos_token_id)
+    return {"kind": "dense" if folder is None else "compressed", "folder": folder, "dtype": dtype,
+            "new_tokens": new_tokens, **_rss_mib(), "parts": _rss_parts_mib()}
+
+
+def bench_rss(folder: str, dtype: str, new_tokens: int, rounds: int) -> list[dict]:
+    """:func:`rss_child` of the dense model and of ``folder``, each in a fresh process, alternating."""
+    rows = []
+    for rnd in range(rounds):
+        for target in (None, folder):
+            cmd = [sys.executable, "-m", "benchmarks.decode_speed", "rss-child", "--dtype", dtype,
+                   "--new-tokens", str(new_tokens)] + ([] if target is None else ["--folder", target])
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+            row = {**json.loads(res.stdout.strip().splitlines()[-1]), "round": rnd}
+            rows.append(row)
+            print(f"{row['kind']:10s} {dtype}: VmRSS {row['VmRSS']:.0f} MiB, VmHWM {row['VmHWM']:.0f} MiB",
+                  flush=True)
+    return rows
+
+
 def bench_model(folders: dict[str, str], new_tokens: int = 32, reps: int = 3, rounds: int = 2,
                 threads_list: tuple[int, ...] = THREADS) -> list[dict]:
     """Every configuration in a fresh subprocess, all of them once per round (so that a change of
@@ -404,6 +453,15 @@ def main(argv: list[str] | None = None) -> None:
     ch.add_argument("--threads", type=int, default=1)
     ch.add_argument("--new-tokens", type=int, default=32)
     ch.add_argument("--reps", type=int, default=3)
+    rs = sub.add_parser("rss")
+    rs.add_argument("--folder", required=True, help="a folder written by slabopt compress (SmolLM2)")
+    rs.add_argument("--dtype", default="bfloat16")
+    rs.add_argument("--new-tokens", type=int, default=16)
+    rs.add_argument("--rounds", type=int, default=2)
+    rc = sub.add_parser("rss-child")
+    rc.add_argument("--folder")
+    rc.add_argument("--dtype", default="bfloat16")
+    rc.add_argument("--new-tokens", type=int, default=16)
     pl = sub.add_parser("plot")
     pl.add_argument("--part", default="layers", help="layers entry of the results file (default: layers)")
     sub.add_parser("tables")
@@ -422,6 +480,11 @@ def main(argv: list[str] | None = None) -> None:
                         "rows": rows})
     elif args.cmd == "child":
         print(json.dumps(child(args.kind, args.folder, args.dtype, args.threads, args.new_tokens, args.reps)))
+    elif args.cmd == "rss":
+        rows = bench_rss(args.folder, args.dtype, args.new_tokens, args.rounds)
+        _save("rss", {"machine": _machine(), "command": " ".join(sys.argv), "rows": rows})
+    elif args.cmd == "rss-child":
+        print(json.dumps(rss_child(args.folder, args.dtype, args.new_tokens)))
     elif args.cmd == "rows":
         _save("rows", {"machine": _machine(), "command": " ".join(sys.argv), "rows": bench_rows()})
     elif args.cmd == "tables":
