@@ -120,7 +120,11 @@ def _config(args, method: str, ratio: float | None, options: dict, bits: float |
 
 def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dict | None]:
     """(method, ratio, bits, options, recipe settings) of ``compress``: ``--bits`` without
-    ``--method`` takes :func:`slabopt.recipes.recipe_for_bits` and says which and why."""
+    ``--method`` takes :func:`slabopt.recipes.recipe_for_bits` and says which and why; so does a
+    ``--ratio`` without ``--method`` that leaves fewer than ``SLAB_DEFAULT_FROM_BITS`` bits per
+    weight on disk (:func:`slabopt.recipes.default_recipe_for_ratio`)."""
+    from slabopt.recipes import default_recipe_for_ratio, recipe_for_bits
+
     options = dict(args.option or [])
     if args.bits is not None and args.ratio is not None:
         raise UserError("give the budget as --ratio or as --bits (per weight on disk), not both")
@@ -128,19 +132,33 @@ def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dic
     if args.bits is None:
         method = method or "slab"
         ratio = args.ratio if args.ratio is not None or _fixed_budget(method, args.pattern) else 0.5
-        return method, ratio, None, options, None
+        on_disk = None if ratio is None else on_disk_bits(ratio, args.value_bits, args.positions or "bitmask")
+        rec = None if args.method is not None or on_disk is None else default_recipe_for_ratio(on_disk)
+        if rec is None:
+            return method, ratio, None, options, None
+        print(f"--ratio {ratio} is {on_disk:g} bits per weight on disk: using {rec.describe()}: {rec.reason}")
+        return _from_recipe(rec, on_disk, args.value_bits, options)
     if method is not None:
         return method, None, args.bits, options, None
-    from slabopt.recipes import recipe_for_bits
-
     rec = recipe_for_bits(args.bits)
     print(f"--bits {args.bits}: using {rec.describe()}: {rec.reason}")
+    return _from_recipe(rec, args.bits, args.value_bits, options)
+
+
+def on_disk_bits(ratio: float, value_bits: int, positions: str) -> float:
+    """Bits per weight on disk of a budget ratio: b·(1 − ratio), plus the 1-bit bitmask that
+    ``positions="index"`` leaves out of the budget."""
+    return value_bits * (1 - ratio) + (1 if positions == "index" else 0)
+
+
+def _from_recipe(rec, bits: float, value_bits: int, options: dict):
+    """(method, ratio, bits, options, settings) of a recipe at ``bits`` per weight on disk."""
     settings = dict(rec.settings)
-    bits = settings.pop("bits", None)
-    ratio = settings.pop("ratio", None) if bits is None else None
-    if bits is None:  # a quantiser: its options fix the bits; the budget checks them against --bits
-        ratio = 1 - args.bits / args.value_bits
-    return rec.method, ratio, bits, {**rec.options, **options}, settings
+    on_disk = settings.pop("bits", None)
+    ratio = settings.pop("ratio", None) if on_disk is None else None
+    if on_disk is None:  # a quantiser: its options fix the bits; the budget checks them against bits
+        ratio = 1 - bits / value_bits
+    return rec.method, ratio, on_disk, {**rec.options, **options}, settings
 
 
 def _warn_if_collapsing(cfg) -> None:
@@ -149,7 +167,7 @@ def _warn_if_collapsing(cfg) -> None:
 
     on_disk = cfg.bits
     if on_disk is None and cfg.ratio is not None:
-        on_disk = cfg.value_bits * (1 - cfg.ratio) + (1 if cfg.positions == "index" else 0)
+        on_disk = on_disk_bits(cfg.ratio, cfg.value_bits, cfg.positions)
     line = collapse_warning(cfg.method, on_disk, cfg.options.get("bits"))
     if line:
         print(line, file=sys.stderr, flush=True)

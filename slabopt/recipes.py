@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from ._validation import check_real
 
 CROSSOVER_BITS = 3.5  # below: slab_obs; at and above: gptq (between the measured 3.19 and 4 bits)
+# compress --ratio without --method keeps its default (slab) from here on; below, recipe_for_bits
+# (slab within 1.1× of the best measured at 5–8 bits on disk, 4.4× GPTQ int4's perplexity at 4)
+SLAB_DEFAULT_FROM_BITS = 5.0
 GPTQ_SHAPES = ((8, None), (8, 128), (6, None), (6, 128), (5, None), (5, 128), (4, None), (4, 128),
                (4, 64), (3, None), (3, 128), (3, 64), (2, None), (2, 128), (2, 64))
 PER_CHANNEL_MARGIN = 0.1  # bits per weight a per-channel scale and zero point may cost (n ≥ 320)
@@ -63,6 +66,13 @@ def recipe_for_bits(bits: float) -> Recipe:
     return Recipe("gptq", {"ratio": None}, {"bits": b, "group_size": g},
                   f"from {CROSSOVER_BITS} bits on GPTQ has the least layer error and perplexity measured "
                   "(docs/results.md)")
+
+
+def default_recipe_for_ratio(on_disk_bits: float) -> Recipe | None:
+    """What ``compress --ratio R`` without ``--method`` uses at ``on_disk_bits`` = the bits per
+    weight R leaves on disk: ``None`` (the default slab recipe) from ``SLAB_DEFAULT_FROM_BITS`` on,
+    else :func:`recipe_for_bits`."""
+    return None if on_disk_bits >= SLAB_DEFAULT_FROM_BITS else recipe_for_bits(on_disk_bits)
 
 
 # Recipes the measured tables mark as collapsing (perplexity ≥ 8× dense on SmolLM2, docs/results.md):

@@ -39,3 +39,17 @@ def test_collapsing_recipes_are_named_and_the_others_are_not():
     assert collapse_warning("gptq", 3.25, code_bits=3) is None
     assert collapse_warning("slab", 8.0) is None
     assert collapse_warning("slab_obs", 2.5) is None
+
+
+@pytest.mark.parametrize("bits", [5.0, 6.0, 8.0, 15.9])
+def test_ratio_default_stays_slab_from_five_bits(bits):
+    from slabopt.recipes import default_recipe_for_ratio
+
+    assert default_recipe_for_ratio(bits) is None
+
+
+@pytest.mark.parametrize("bits", [1.5, 2.5, 3.5, 4.0, 4.99])
+def test_ratio_default_below_five_bits_is_the_recipe_for_bits(bits):
+    from slabopt.recipes import default_recipe_for_ratio
+
+    assert default_recipe_for_ratio(bits) == recipe_for_bits(bits)

@@ -141,11 +141,29 @@ def test_compare_at_bits_runs_each_method_at_each_size(tmp_path, capsys):
     assert "2.5 bits" in (work / "results.md").read_text()
 
 
-def test_cli_warns_before_a_collapsing_recipe(tmp_path, capsys):
-    """compress --ratio 0.78125 with the default slab recipe (3.5 bits on disk) says in one line,
-    before it starts, that the tables mark it as collapsing and what to use instead."""
+def test_cli_ratio_without_method_below_the_slab_floor_takes_the_recipe(tmp_path, capsys):
+    """compress --ratio 0.8125 without --method (3 bits per weight on disk) uses the recipe of
+    that size, not the slab default that collapses there, and says so; at ratio 0.5 (8 bits) the
+    default stays slab."""
     base = quick_compress_args(tmp_path)
-    code = cli.main([*base, "--ratio", "0.78125", "--out", str(tmp_path / "w")])
+    code = cli.main([*base, "--ratio", "0.8125", "--rank", "1", "--out", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "--ratio 0.8125 is 3 bits per weight on disk" in captured.out and "slab_obs" in captured.out
+    assert not [ln for ln in captured.err.splitlines() if ln.startswith("warning:")]
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert man["settings"]["method"] == "slab_obs" and man["settings"]["bits"] == 3.0
+    weights = sum(e["shape"][0] * e["shape"][1] for e in man["layers"])
+    assert sum(e["bits"] for e in man["layers"]) <= 3.0 * weights
+    args = cli.build_parser().parse_args([*base, "--ratio", "0.5", "--out", str(tmp_path / "s")])
+    assert cli._method_and_budget(args)[:2] == ("slab", 0.5)
+
+
+def test_cli_warns_before_a_collapsing_recipe(tmp_path, capsys):
+    """compress --method slab --ratio 0.78125 (3.5 bits on disk) says in one line, before it
+    starts, that the tables mark it as collapsing and what to use instead."""
+    base = quick_compress_args(tmp_path)
+    code = cli.main([*base, "--method", "slab", "--ratio", "0.78125", "--out", str(tmp_path / "w")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = [ln for ln in captured.err.splitlines() if ln.startswith("warning:")]
