@@ -19,6 +19,9 @@ layers, alternating, in one process, ``--repeats`` times each: min and median pe
 their ratio, written to ``benchmarks/results/lowbit_speed.json``.
 
 Results go to ``benchmarks/results/lowbit_layers.json`` (points already there are skipped).
+``--model gemma3`` does the same on blocks 0, 8 and 17 of Gemma-3-270M (Q4_K_M weights de-quantised,
+made once by ``benchmarks.lowbit_models.gemma_checkpoint``; each window starts with BOS), into
+``lowbit_layers_gemma3.json`` with its own capture cache.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "lowbit_layers.npz"
 OUT_JSON = REPO / "benchmarks" / "results" / "lowbit_layers.json"
 BLOCKS = (0, 15, 29)
+MODELS = {  # name: (capture cache, results, blocks)
+    "smollm2": (CACHE, OUT_JSON, BLOCKS),
+    "gemma3": (REPO / ".cache" / "lowbit_layers_gemma3.npz",
+               REPO / "benchmarks" / "results" / "lowbit_layers_gemma3.json", (0, 8, 17)),
+}
 SEQLEN, CALIB_WINDOWS, TEST_WINDOWS, SEED = 512, 8, 8, 0
 
 
@@ -53,35 +61,55 @@ def _split_text(test: bool) -> str:
     return "\n\n".join(t for i, t in enumerate(texts) if i % 10 == 0)
 
 
-def _windows(tok, text: str, count: int, rng: np.random.Generator):
+def _windows(tok, text: str, count: int, rng: np.random.Generator, bos: int | None = None):
+    """``count`` windows of SEQLEN tokens at seeded offsets; with ``bos``, BOS then SEQLEN − 1 tokens."""
     import torch
 
     ids = tok(text[:2_000_000], add_special_tokens=False, return_tensors="pt").input_ids[0]
     starts = rng.integers(0, ids.shape[0] - SEQLEN, count)
-    return torch.stack([ids[s:s + SEQLEN] for s in starts])
+    if bos is None:
+        return torch.stack([ids[s:s + SEQLEN] for s in starts])
+    head = torch.tensor([bos], dtype=ids.dtype)
+    return torch.stack([torch.cat([head, ids[s:s + SEQLEN - 1]]) for s in starts])
 
 
-def capture() -> dict[str, np.ndarray]:
-    """W, X (calibration) and T (held-out) of every linear layer of ``BLOCKS``."""
+def _model(name: str):
+    """(model, tokenizer, BOS id or None) in float32."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from slabopt.llm.data import bos_token
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if name == "gemma3":
+        from .lowbit_models import gemma_checkpoint
+
+        path = gemma_checkpoint()
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return model.eval(), tok, bos_token(tok)
     path = _gguf_path()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                             torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return model.eval(), tok, None
+
+
+def capture(name: str = "smollm2") -> dict[str, np.ndarray]:
+    """W, X (calibration) and T (held-out) of every linear layer of the model's blocks."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model, tok, bos = _model(name)
+    blocks = MODELS[name][2]
     rng = np.random.default_rng(SEED)
     out: dict[str, np.ndarray] = {}
     splits = (("X", _split_text(False), CALIB_WINDOWS), ("T", _split_text(True), TEST_WINDOWS))
     for key, text, count in splits:
-        batch = _windows(tok, text, count, rng)
+        batch = _windows(tok, text, count, rng, bos)
         seen: dict[str, list] = {}
 
         def record(_mod, args, _out, name: str, seen: dict = seen) -> None:
             seen.setdefault(name, []).append(args[0].detach().reshape(-1, args[0].shape[-1]).numpy().copy())
 
-        names = [f"model.layers.{b}.{t}" for b in BLOCKS for t in TYPES]
+        names = [f"model.layers.{b}.{t}" for b in blocks for t in TYPES]
         hooks = [model.get_submodule(name).register_forward_hook(
             lambda m, a, o, name=name: record(m, a, o, name)) for name in names]
         with torch.no_grad():
@@ -95,12 +123,13 @@ def capture() -> dict[str, np.ndarray]:
     return out
 
 
-def load() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def load(name: str = "smollm2") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{layer: (W, X calibration, X held-out)}; captured and cached on first use."""
-    if not CACHE.exists():
-        CACHE.parent.mkdir(exist_ok=True)
-        np.savez(CACHE, **capture())
-    z = np.load(CACHE)
+    cache = MODELS[name][0]
+    if not cache.exists():
+        cache.parent.mkdir(exist_ok=True)
+        np.savez(cache, **capture(name))
+    z = np.load(cache)
     names = sorted({k[:-2] for k in z.files})
     return {n: (z[n + ".W"], z[n + ".X"], z[n + ".T"]) for n in names}
 
@@ -138,11 +167,12 @@ def points() -> dict[str, tuple[str, dict]]:
     return pts
 
 
-def run(only: list[str] | None) -> None:
+def run(only: list[str] | None, name: str = "smollm2") -> None:
     import slabopt
 
-    layers = load()
-    done = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    layers = load(name)
+    out_json = MODELS[name][1]
+    done = json.loads(out_json.read_text()) if out_json.exists() else {}
     for label, (method, kw) in points().items():
         if (only and not any(o in label for o in only)) or label in done:
             continue
@@ -163,8 +193,8 @@ def run(only: list[str] | None) -> None:
                        "seconds": secs}
         err = done[label]["error_geomean"]
         print(f"{label:28s} {bits / weights:6.3f} bits  error {err:.4e}  {secs:.1f} s", flush=True)
-        OUT_JSON.parent.mkdir(exist_ok=True)
-        OUT_JSON.write_text(json.dumps(done, indent=1))
+        out_json.parent.mkdir(exist_ok=True)
+        out_json.write_text(json.dumps(done, indent=1))
 
 
 def speed(repeats: int) -> None:
@@ -200,8 +230,8 @@ def speed(repeats: int) -> None:
     (OUT_JSON.parent / "lowbit_speed.json").write_text(json.dumps(out, indent=1))
 
 
-def report() -> None:
-    done = json.loads(OUT_JSON.read_text())
+def report(name: str = "smollm2") -> None:
+    done = json.loads(MODELS[name][1].read_text())
     rows = sorted(done.items(), key=lambda kv: kv[1]["bits_per_weight"])
     print("| method | bits per weight on disk | held-out error (geometric mean) |")
     print("|---|---|---|")
@@ -214,12 +244,13 @@ if __name__ == "__main__":
     p.add_argument("what", choices=("run", "report", "capture", "speed"))
     p.add_argument("--only", nargs="*")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", choices=tuple(MODELS), default="smollm2")
     a = p.parse_args()
     if a.what == "capture":
-        print({k: [a.shape for a in v] for k, v in load().items()})
+        print({k: [a.shape for a in v] for k, v in load(a.model).items()})
     elif a.what == "run":
-        run(a.only)
+        run(a.only, a.model)
     elif a.what == "speed":
         speed(a.repeats)
     else:
-        report()
+        report(a.model)
