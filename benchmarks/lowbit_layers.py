@@ -155,7 +155,9 @@ def points() -> dict[str, tuple[str, dict]]:
     for target in (2.25, 2.5, 3.25):
         q = 3 if target < 2.75 else 4
         pts[f"slab_obs {target}, no feedback"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q,
-                                                                   feedback=False, refit=0))
+                                                                   feedback=False, refit=0, fill=False))
+        pts[f"slab_obs {target}, no fill"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q,
+                                                               fill=False))
         pts[f"slab_obs {target}, no refit"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q, refit=0))
         pts[f"slab_obs {target}, L per 128 columns"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q,
                                                                          l_group=128))
