@@ -433,6 +433,16 @@ def _assign_buffers(model: nn.Module, rest: dict[str, torch.Tensor]) -> None:
             mod.original_inv_freq = mod.inv_freq.clone()
 
 
+def saved_tokenizer(folder: str | Path):
+    """The tokenizer saved in a folder written by ``compress_model`` (a clear error if it cannot be read)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot load the tokenizer saved in {folder}: {str(exc).splitlines()[0]}") from None
+
+
 def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, verify: bool = True,
                     device: str | torch.device = "cpu", fused: bool = True):
     """(model, manifest) from a folder written by ``compress_model``; no pickle anywhere.

@@ -519,6 +519,9 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     cls = _QuietParser if quiet else argparse.ArgumentParser
     p = cls(prog="slabopt", description="Compress the linear layers of decoder "
             "language models as S + L ⊙ B with slabopt.")
+    from slabopt import __version__
+
+    p.add_argument("--version", action="version", version=f"slabopt {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     _compress_parser(sub)
     _eval_parser(sub)

@@ -86,9 +86,7 @@ def load_target(target: str, model: str | None, dtype: str, device, verify: bool
     written by ``slabopt compress``, in ``dtype`` on ``device``."""
     from pathlib import Path
 
-    from transformers import AutoTokenizer
-
-    from .checkpoint import load_compressed
+    from .checkpoint import load_compressed, saved_tokenizer
     from .data import DEFAULT_MODEL_NAME, load_model
 
     if target == "dense":
@@ -99,10 +97,7 @@ def load_target(target: str, model: str | None, dtype: str, device, verify: bool
     if not path.exists():
         raise UserError(f"{path} does not exist (give a folder written by `slabopt compress`, or 'dense')")
     net, man = load_compressed(path, getattr(torch, dtype), verify=verify, device=device)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot load the tokenizer saved in {path}: {str(exc).splitlines()[0]}") from None
+    tok = saved_tokenizer(path)
     st = man["settings"]
     info = {"model": man.get("source", {}).get("model"), "method": st.get("method"),
             "ratio": st.get("ratio"), "rank": st.get("rank"), "seed": st.get("seed"),
