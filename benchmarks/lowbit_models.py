@@ -51,7 +51,8 @@ def points() -> list[dict]:
 
     pts = [{"method": m, "label": m, "options": {}, "args": THREADS} for m in ("billm", "arb")]
     pts += [obs(4.0), obs(2.5), obs(2.25), obs(2.0), obs(3.25),
-            obs(2.5, options={"fill": False}, note=", no fill"), obs(3.25, options={"fill": False}, note=", no fill"),
+            obs(2.5, options={"fill": False}, note=", no fill"),
+            obs(3.25, options={"fill": False}, note=", no fill"),
             obs(2.5, options={"feedback": False, "refit": 0, "fill": False}, note=", no feedback"),
             obs(3.0), obs(1.5), obs(2.5, ("--l-group", "128"), note=", L per 128 columns")]
     return pts
