@@ -55,6 +55,12 @@ def rice_parameter(n: int, k: int) -> int:
     return int(np.argmin(costs))
 
 
+def row_parameters(n: int, counts: np.ndarray) -> np.ndarray:
+    """p(n, k_i) of every row (int64), computed once per distinct count."""
+    uniq, inverse = np.unique(np.asarray(counts, dtype=np.int64), return_inverse=True)
+    return np.array([rice_parameter(n, int(k)) for k in uniq], dtype=np.int64)[inverse.reshape(-1)]
+
+
 def rice_bound(n: int, k: int) -> int:
     """R_p(n, k') at p = p(n, k'), k' = :func:`coded_count`: the most bits the positions of a row of
     n entries keeping k can cost (0 for k = 0 and k = n)."""
@@ -91,7 +97,7 @@ def rice_bits(indptr: np.ndarray, indices: np.ndarray, n: int) -> int:
     indptr, indices = complement_rows(indptr, indices, n)
     counts = np.diff(indptr)
     gaps = row_gaps(indptr, indices)
-    params = np.repeat([rice_parameter(n, int(k)) for k in counts], counts)
+    params = np.repeat(row_parameters(n, counts), counts)
     return int(np.sum((gaps >> params) + 1 + params))
 
 
@@ -102,7 +108,7 @@ def rice_encode(indptr: np.ndarray, indices: np.ndarray, n: int) -> tuple[np.nda
     indptr, indices = complement_rows(indptr, indices, n)
     counts = np.diff(indptr)
     gaps = row_gaps(indptr, indices)
-    params = np.repeat([rice_parameter(n, int(k)) for k in counts], counts).astype(np.int64)
+    params = np.repeat(row_parameters(n, counts), counts)
     ones = gaps >> params
     lengths = ones + 1 + params
     total = int(lengths.sum())
@@ -155,7 +161,7 @@ def rice_decode_mask(data: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray
     ``counts`` entries of ``n``."""
     counts = np.asarray(counts, dtype=np.int64)
     coded = np.minimum(counts, n - counts)
-    params = np.array([rice_parameter(n, int(k)) for k in coded], dtype=np.int64)
+    params = row_parameters(n, coded)
     mask = np.zeros((counts.size, n), dtype=np.bool_)
     padded = np.concatenate([np.asarray(data, dtype=np.uint8), np.zeros(1, np.uint8)])
     _decode_into(padded, coded, params, counts > n - counts, mask)
