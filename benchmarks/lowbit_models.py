@@ -44,13 +44,15 @@ FROM_SWEEP = ("gptq int2 g128", "gptq int2 g64", "gptq int3 g128", "gptq int3", 
 def points() -> list[dict]:
     """slab_obs at each size (the recipe's q), the binarization peers, and slab_obs's ablations; in
     the order they decide the claims."""
-    def obs(bits: float, extra: tuple = (), options: dict | None = None, note: str = "") -> dict:
-        q = 3 if bits < 2.75 else 4
+    def obs(bits: float, extra: tuple = (), options: dict | None = None, note: str = "",
+            q: int | None = None) -> dict:
+        q = q or (3 if bits < 2.75 else 4)
         return {"method": "slab_obs", "label": f"slab_obs {bits} bits{note}", "options": options or {},
                 "args": ["--bits", str(bits), "--sparse-bits", str(q), *extra, *THREADS]}
 
     pts = [{"method": m, "label": m, "options": {}, "args": THREADS} for m in ("billm", "arb")]
-    pts += [obs(4.0), obs(2.5), obs(2.25), obs(2.0), obs(3.25),
+    pts += [obs(4.0), obs(2.5), obs(5.05, q=4, note=" (q4)"), obs(8.05, q=7, note=" (q7)"), obs(2.25),
+            obs(2.0), obs(3.25),
             obs(2.5, options={"fill": False}, note=", no fill"),
             obs(3.25, options={"fill": False}, note=", no fill"),
             obs(2.5, options={"feedback": False, "refit": 0, "fill": False}, note=", no feedback"),
