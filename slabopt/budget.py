@@ -305,6 +305,51 @@ def budget(
         return _auto_sparse_bits(shape, ratio, rank, pattern=pattern, value_bits=value_bits, quant=quant,
                                  index_bits=index_bits, components=components, positions=positions,
                                  l_group=l_group)
+    st = _settings(shape, ratio, rank, pattern, value_bits, index_bits, components, quant, positions,
+                   sparse_bits, l_group)
+    spare = None if st.ratio is None else _spare_bits(st)
+    nnz, per_row = _sparse_count(st, spare)
+    m, n = st.shape
+    return Budget(
+        shape=(m, n),
+        rank=st.rank,
+        nnz=nnz,
+        nnz_per_row=per_row,
+        pattern=st.pattern,
+        binary=st.binary,
+        value_bits=st.value_bits,
+        index_bits=st.index_bits,
+        requested_ratio=None if st.ratio is None else float(st.ratio),
+        row_values=st.row_values,
+        quant=st.quant,
+        positions=st.positions,
+        sparse_bits=st.sparse_bits,
+        l_group=st.l_group,
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The checked arguments of :func:`budget` and what follows from them."""
+
+    shape: tuple[int, int]
+    ratio: Fraction | float | None
+    rank: int
+    pattern: Pattern
+    value_bits: int
+    index_bits: int
+    components: frozenset
+    quant: QuantLayout | None
+    positions: str
+    sparse_bits: int | None
+    l_group: int | None
+    binary: bool
+    row_values: int
+
+
+def _settings(shape, ratio, rank, pattern, value_bits, index_bits, components, quant, positions, sparse_bits,
+              l_group) -> _Settings:
+    """Every rule on the arguments of :func:`budget`, checked once (each failure one ValueError)."""
     m = check_int("shape[0]", shape[0], 1)
     n = check_int("shape[1]", shape[1], 1)
     value_bits = check_int("value_bits", value_bits, 1)
@@ -313,21 +358,9 @@ def budget(
     if positions != "index" and index_bits:
         raise ValueError(f'positions="{positions}" counts the positions of S itself; index_bits must be 0, '
                          f"got {index_bits}")
-    components = frozenset(components)
-    unknown = components - COMPONENTS
-    if unknown or not components:
-        raise ValueError(
-            f"components must be a non-empty subset of {sorted(COMPONENTS)}, got {sorted(components)}"
-        )
-    if ("quant" in components) != (quant is not None):
-        raise ValueError('give quant (a QuantLayout) exactly when "quant" is among the components')
-    if quant is not None and tuple(quant.shape) != (m, n):
-        raise ValueError(f"quant layout has shape {tuple(quant.shape)}, the layer {(m, n)}")
-    has_lowrank = "lowrank" in components
-    rank = check_int("rank", rank, 0, min(m, n)) if has_lowrank else 0
+    components = _check_components(components, quant, (m, n))
+    rank = check_int("rank", rank, 0, min(m, n)) if "lowrank" in components else 0
     twolevel = "twolevel" in components
-    binary = ("binary" in components and rank > 0) or twolevel
-    row_values = 2 if twolevel else (1 if "offset" in components else 0)
     pat = parse_pattern(pattern)
     if positions == "auto":  # the cheapest exact code: Rice codes never cost more than the bitmask
         positions = "rice" if pat.kind == "row" else "bitmask"
@@ -342,56 +375,72 @@ def budget(
         ratio = check_ratio("ratio", ratio)
     elif pat.kind != "nm" and "sparse" in components:
         raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
+    return _Settings((m, n), ratio, rank, pat, value_bits, index_bits, components, quant, positions,
+                     sparse_bits, l_group, binary=("binary" in components and rank > 0) or twolevel,
+                     row_values=2 if twolevel else (1 if "offset" in components else 0))
 
-    mask = bitmask_bits((m, n), pat) if positions == "bitmask" and "sparse" in components else 0
-    fixed = storage_bits((m, n), 0, rank, value_bits, index_bits, binary, row_values, quant=quant,
-                         position_bits=mask, l_group=l_group)
-    dense = value_bits * m * n
-    if ratio is not None:
-        spare = (1 - Fraction(ratio)) * dense - fixed  # bits left for sparse values
-        if mask and pat.kind != "nm" and -mask <= spare < 0:
-            spare = Fraction(0)  # room for no bitmask: S stays empty and stores none
-        if sparse_bits is not None and pat.kind != "nm":
-            spare = max(spare - value_bits * m, Fraction(0)) if spare >= 0 else spare  # row scales
-        if spare < 0 and quant is not None:
-            raise InfeasibleBudgetError(_quant_message(quant, ratio, value_bits, fixed, dense))
-        if spare < 0:
-            largest = max_rank_for_ratio((m, n), ratio, value_bits, binary="binary" in components,
-                                         row_values=row_values) if has_lowrank else None
-            raise InfeasibleBudgetError(_infeasible_message((m, n), ratio, rank, binary,
-                                                            1 - Fraction(fixed, dense), largest))
-    if "sparse" not in components:
-        nnz, per_row = 0, 0
-    elif pat.kind == "nm":
-        per_row = n // pat.m * pat.n
-        nnz = m * per_row
-    else:
-        per_value = (value_bits if sparse_bits is None else sparse_bits) + index_bits
-        k = min(math.floor(spare / per_value), m * n)
-        if positions == "rice":
-            per_row = rice_count(n, per_value, spare / m)
-            nnz = per_row * m
-        elif pat.kind == "row":
-            per_row = k // m
-            nnz = per_row * m
-        else:
-            per_row, nnz = None, k
-    return Budget(
-        shape=(m, n),
-        rank=rank,
-        nnz=nnz,
-        nnz_per_row=per_row,
-        pattern=pat,
-        binary=binary,
-        value_bits=value_bits,
-        index_bits=index_bits,
-        requested_ratio=None if ratio is None else float(ratio),
-        row_values=row_values,
-        quant=quant,
-        positions=positions,
-        sparse_bits=sparse_bits,
-        l_group=l_group,
-    )
+
+def _check_components(components, quant: QuantLayout | None, shape: tuple[int, int]) -> frozenset:
+    """The stored parts as a frozenset of ``COMPONENTS``, with ``quant`` given exactly when "quant" is one."""
+    components = frozenset(components)
+    unknown = components - COMPONENTS
+    if unknown or not components:
+        raise ValueError(
+            f"components must be a non-empty subset of {sorted(COMPONENTS)}, got {sorted(components)}"
+        )
+    if ("quant" in components) != (quant is not None):
+        raise ValueError('give quant (a QuantLayout) exactly when "quant" is among the components')
+    if quant is not None and tuple(quant.shape) != shape:
+        raise ValueError(f"quant layout has shape {tuple(quant.shape)}, the layer {shape}")
+    return components
+
+
+def _fixed_bits(st: _Settings) -> tuple[int, int]:
+    """(bits of everything but the values of S, bits of the bitmask among them)."""
+    charged = st.positions == "bitmask" and "sparse" in st.components
+    mask = bitmask_bits(st.shape, st.pattern) if charged else 0
+    fixed = storage_bits(st.shape, 0, st.rank, st.value_bits, st.index_bits, st.binary, st.row_values,
+                         quant=st.quant, position_bits=mask, l_group=st.l_group)
+    return fixed, mask
+
+
+def _spare_bits(st: _Settings) -> Fraction:
+    """Bits the ratio leaves for the values of S (and their row scales): (1 − ratio)·b·m·n − fixed;
+    raises InfeasibleBudgetError when that is negative."""
+    m, n = st.shape
+    fixed, mask = _fixed_bits(st)
+    dense = st.value_bits * m * n
+    spare = (1 - Fraction(st.ratio)) * dense - fixed
+    if mask and st.pattern.kind != "nm" and -mask <= spare < 0:
+        spare = Fraction(0)  # room for no bitmask: S stays empty and stores none
+    if st.sparse_bits is not None and st.pattern.kind != "nm":
+        spare = max(spare - st.value_bits * m, Fraction(0)) if spare >= 0 else spare  # row scales
+    if spare < 0 and st.quant is not None:
+        raise InfeasibleBudgetError(_quant_message(st.quant, st.ratio, st.value_bits, fixed, dense))
+    if spare < 0:
+        largest = max_rank_for_ratio((m, n), st.ratio, st.value_bits, binary="binary" in st.components,
+                                     row_values=st.row_values) if "lowrank" in st.components else None
+        raise InfeasibleBudgetError(_infeasible_message((m, n), st.ratio, st.rank, st.binary,
+                                                        1 - Fraction(fixed, dense), largest))
+    return spare
+
+
+def _sparse_count(st: _Settings, spare: Fraction | None) -> tuple[int, int | None]:
+    """(nnz, per row): fixed by an N:M pattern, else the most values the ``spare`` bits hold."""
+    m, n = st.shape
+    if "sparse" not in st.components:
+        return 0, 0
+    if st.pattern.kind == "nm":
+        per_row = n // st.pattern.m * st.pattern.n
+        return m * per_row, per_row
+    per_value = (st.value_bits if st.sparse_bits is None else st.sparse_bits) + st.index_bits
+    if st.positions == "rice":
+        per_row = rice_count(n, per_value, spare / m)
+        return per_row * m, per_row
+    k = min(math.floor(spare / per_value), m * n)
+    if st.pattern.kind == "row":
+        return k // m * m, k // m
+    return k, None
 
 
 def rice_count(n: int, per_value: int, allowed: Fraction) -> int:
