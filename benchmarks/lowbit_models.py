@@ -37,6 +37,7 @@ GEMMA_PNG = REPO / "docs" / "lowbit_models_gemma3.png"
 GEMMA_DIR = REPO / ".cache" / "gemma3"
 THREADS = ["--threads", "2"]
 FROM_SWEEP = ("gptq int2 g128", "gptq int2 g64", "gptq int3 g128", "gptq int3", "gptq int4", "gptq int4 g128",
+              "gptq int5", "gptq int6", "gptq int8", "slab qauto 8 bits", "slab q4 5 bits",
               "rtn int2 g64", "rtn int3 g128", "rtn int4 g128", "slab 2.5 bits", "slab 3 bits", "slab 4 bits",
               "sparsegpt 2.5 bits", "dense")
 
@@ -117,21 +118,26 @@ def run(args) -> None:
         out_json.write_text(json.dumps(done, indent=1))
 
 
-def table() -> list[dict]:
-    """This benchmark's points and the quantiser points of bits_sweep.json, by bits per weight."""
-    ours = json.loads(OUT_JSON.read_text())["points"] if OUT_JSON.is_file() else []
-    sweep = json.loads(SWEEP_JSON.read_text())["points"]
-    theirs = [dict(p, source="bits_sweep") for p in sweep if p["label"] in FROM_SWEEP]
+def table(model: str = "smollm2") -> list[dict]:
+    """This benchmark's points (and for SmolLM2 the quantiser points of bits_sweep.json), by bits
+    per weight."""
+    path = GEMMA_JSON if model == "gemma3" else OUT_JSON
+    ours = json.loads(path.read_text())["points"] if path.is_file() else []
+    theirs = []
+    if model == "smollm2":
+        sweep = json.loads(SWEEP_JSON.read_text())["points"]
+        theirs = [dict(p, source="bits_sweep") for p in sweep if p["label"] in FROM_SWEEP]
     return sorted(ours + theirs, key=lambda p: p["bits_per_weight"])
 
 
-def report(_args) -> None:
+def report(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = table()
+    gemma = args.model == "gemma3"
+    pts = table(args.model)
     dense = next(p["perplexity"] for p in pts if p["label"] == "dense")
     print("| method | bits per weight on disk | perplexity | × dense |")
     print("|---|---|---|---|")
@@ -140,18 +146,20 @@ def report(_args) -> None:
         print(f"| {p['label']} | {p['bits_per_weight']:.3f} | {p['perplexity']:.4g} | {ratio:.3g} |")
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in ("slab_obs", "gptq", "rtn", "slab", "billm", "arb"):
-        mine = [p for p in pts if p["method"] == name and p["bits_per_weight"] < 5 and "," not in p["label"]]
+        mine = [p for p in pts if p["method"] == name and p["bits_per_weight"] < 8.5
+                and "," not in p["label"]]
         if mine:
             ax.plot([p["bits_per_weight"] for p in mine], [p["perplexity"] for p in mine], "o-", label=name)
     ax.axhline(dense, color="k", ls=":", label=f"dense ({dense:.2f})")
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight on disk (linear layers, every bit counted)")
     ax.set_ylabel("perplexity (first 4 × 1024 test tokens)")
-    ax.set_title("SmolLM2-135M (Q4_1 weights de-quantised) at 1.5–4.3 bits")
+    ax.set_title("Gemma-3-270M (Q4_K_M weights de-quantised)" if gemma else
+                 "SmolLM2-135M (Q4_1 weights de-quantised)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT_PNG, dpi=120)
+    fig.savefig(GEMMA_PNG if gemma else OUT_PNG, dpi=120)
 
 
 if __name__ == "__main__":
