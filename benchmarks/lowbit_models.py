@@ -86,8 +86,8 @@ def gemma_points() -> list[dict]:
     for p in points():
         if "," not in p["label"]:
             pts.append(dict(p, args=p["args"] + model))
-    order = ("dense", "gptq int2 g64", "slab_obs 2.5 bits", "gptq int3 g128", "slab_obs 3.25 bits",
-             "gptq int2 g128", "slab_obs 2.25 bits", "billm", "arb", "rtn int2 g64", "rtn int3 g128")
+    order = ("dense", "gptq int2 g64", "slab_obs 2.5 bits", "gptq int3 g128", "slab_obs 3.25 bits", "billm",
+             "gptq int2 g128", "slab_obs 2.25 bits", "arb", "rtn int2 g64", "rtn int3 g128")
     return sorted(pts, key=lambda p: order.index(p["label"]) if p["label"] in order else len(order))
 
 
