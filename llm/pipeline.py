@@ -64,7 +64,6 @@ from .errors import UserError
 from .refine import refine_block
 from .slablinear import SLaBLinear
 
-CLI_ALIASES = {"slab": "alternating"}
 ALLOCATIONS = ("uniform", "owl")
 
 
@@ -82,7 +81,10 @@ class ResumeMismatch(UserError):
 
 
 def solver_name(method: str) -> str:
-    return CLI_ALIASES.get(method, method)
+    """The registered solver a method name runs (``slab`` is ``alternating``; slabopt.registry.ALIASES)."""
+    from slabopt.registry import ALIASES
+
+    return ALIASES.get(method, method)
 
 
 @dataclass(frozen=True)

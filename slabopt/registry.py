@@ -16,6 +16,7 @@ from ._validation import check_int
 from .budget import COMPONENTS
 
 DEFAULT_MAX_ITER = 20
+ALIASES = {"slab": "alternating"}  # other names of registered methods (the command line's ``slab``)
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,15 @@ def register_method(
 def get_method(name: str) -> MethodInfo:
     """The registered method ``name``; ``ValueError`` listing the known ones otherwise."""
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[ALIASES.get(name, name)]
     except (KeyError, TypeError):
         known = ", ".join(sorted(_REGISTRY))
         raise ValueError(f"unknown method {name!r}; known methods: {known}") from None
 
 
 def methods() -> dict[str, str]:
-    """Registered method names with their one-line descriptions."""
-    return {name: info.description for name, info in sorted(_REGISTRY.items())}
+    """Registered method names with their one-line descriptions, and the aliases (``ALIASES``)."""
+    named = {name: info.description for name, info in _REGISTRY.items()}
+    named.update({alias: f"the same as {target!r}" for alias, target in ALIASES.items()
+                  if target in _REGISTRY})
+    return dict(sorted(named.items()))

@@ -156,3 +156,13 @@ def test_keyword_only_options_are_the_only_options():
     assert get_method("test_positional").option_names() == ["opt"]
     with pytest.raises(TypeError, match=r"unknown option\(s\) extra; its options are: opt"):
         slabopt.solve(W, method="test_positional", extra=3)
+
+
+def test_slab_is_the_name_of_the_alternating_solver_in_the_library_too():
+    """The CLI's ``--method slab`` and ``slabopt.solve(method="slab")`` run the same solver."""
+    rng = np.random.default_rng(3)
+    W, X = rng.standard_normal((24, 40)), rng.standard_normal((100, 40))
+    a = slabopt.solve(W, X, method="slab", ratio=0.6, rank=2, max_iter=3)
+    b = slabopt.solve(W, X, method="alternating", ratio=0.6, rank=2, max_iter=3)
+    assert a.method == "alternating" and np.array_equal(a.reconstruct(), b.reconstruct())
+    assert "slab" in slabopt.methods() and "alternating" in slabopt.methods()["slab"]
