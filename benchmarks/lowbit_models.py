@@ -52,8 +52,8 @@ def points() -> list[dict]:
                 "args": ["--bits", str(bits), "--sparse-bits", str(q), *extra, *THREADS]}
 
     pts = [{"method": m, "label": m, "options": {}, "args": THREADS} for m in ("billm", "arb")]
-    pts += [obs(4.0), obs(2.5), obs(5.05, q=4, note=" (q4)"), obs(8.05, q=7, note=" (q7)"), obs(2.25),
-            obs(2.0), obs(3.25),
+    pts += [obs(4.0), obs(2.5), obs(5.05, q=4, note=" (q4)"), obs(2.0), obs(3.25),
+            obs(8.05, q=7, note=" (q7)"), obs(2.25),
             obs(2.5, options={"fill": False}, note=", no fill"),
             obs(3.25, options={"fill": False}, note=", no fill"),
             obs(2.5, options={"feedback": False, "refit": 0, "fill": False}, note=", no feedback"),
