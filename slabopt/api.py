@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 from . import _backend as bk
 from ._validation import as_matrix, check_int, check_real, resolve_activations
-from .budget import InfeasibleBudgetError, storage_bits
+from .budget import InfeasibleBudgetError, _at_most, storage_bits
 from .budget import budget as make_budget
 from .objective import blockwise_objectives
 from .problem import Problem
@@ -165,7 +167,7 @@ def _layer_budget(info: Any, shape: tuple[int, int], ratio: float | None, bits: 
         grouped = ", ".join(n for n in methods() if get_method(n).grouped_lowrank)
         raise ValueError(f"method {info.name!r} stores one L; l_group is taken by: {grouped}")
     try:
-        return make_budget(shape, ratio, rank, **args)
+        return _within_ratio(make_budget(shape, ratio, rank, **args), ratio)
     except InfeasibleBudgetError as exc:
         if bits is None or "quant" in info.components:
             raise
@@ -177,6 +179,20 @@ def _layer_budget(info: Any, shape: tuple[int, int], ratio: float | None, bits: 
             f"{'' if l_group is None else f' and l_group {l_group}'}: the signs and the factors of L alone "
             f"cost {floor / (shape[0] * shape[1]):.4f} bits per weight; ask for more bits, a lower "
             "rank or larger groups of L") from exc
+
+
+def _within_ratio(bud: Any, ratio: float | None) -> Any:
+    """``bud``, unless its pattern fixes nnz(S) (N:M) at more bits than ``ratio`` allows: then one
+    error saying what the pattern stores and which ratios it meets."""
+    if ratio is None or bud.pattern.kind != "nm":
+        return bud
+    allowed = (1 - Fraction(ratio)) * bud.dense_bits
+    if bud.bits <= allowed:
+        return bud
+    own = _at_most(1 - Fraction(bud.bits, bud.dense_bits))
+    raise InfeasibleBudgetError(
+        f"pattern {bud.pattern} stores {bud.bits} bits, more than the {math.floor(allowed)} bits that ratio "
+        f"{ratio} allows; ask ratio <= {own}, or ratio=None, which N:M patterns take")
 
 
 def _ratio_and_positions(info: Any, ratio: Any, bits: float | None, positions: str | None,

@@ -166,3 +166,14 @@ def test_slab_is_the_name_of_the_alternating_solver_in_the_library_too():
     b = slabopt.solve(W, X, method="alternating", ratio=0.6, rank=2, max_iter=3)
     assert a.method == "alternating" and np.array_equal(a.reconstruct(), b.reconstruct())
     assert "slab" in slabopt.methods() and "alternating" in slabopt.methods()["slab"]
+
+
+def test_nm_pattern_over_the_asked_ratio_is_refused_by_solve():
+    """solve(pattern="2:4", ratio=0.5) cannot store 2:4 within half the dense bits: one clear error
+    (the command line refuses it too), while ratio=None or a ratio the pattern meets solves."""
+    rng = np.random.default_rng(4)
+    W, X = rng.standard_normal((32, 64)), rng.standard_normal((100, 64))
+    with pytest.raises(slabopt.InfeasibleBudgetError, match=r"ratio 0.5 allows.*ratio=None"):
+        slabopt.solve(W, X, pattern="2:4", ratio=0.5, rank=1)
+    free = slabopt.solve(W, X, pattern="2:4", ratio=None, rank=1)
+    assert slabopt.solve(W, X, pattern="2:4", ratio=free.ratio - 1e-9, rank=1).bits == free.bits
