@@ -259,3 +259,23 @@ def test_greedy_fill_gain_is_the_drop_of_g():
     g = np.einsum("ij,jk,ik->", E, H, E)
     g2 = np.einsum("ij,jk,ik->", E2, H, E2)
     assert gain == pytest.approx(g - g2, rel=1e-10) and gain > 0
+
+
+def test_greedy_fill_in_blocks_of_rows_is_the_same(monkeypatch):
+    """Building the candidates a few rows at a time (large layers) picks the same entries."""
+    from slabopt.solvers import slack_fill
+
+    rng = np.random.default_rng(12)
+    m, n = 13, 30
+    E, A = rng.standard_normal((m, n)), rng.standard_normal((80, n))
+    H = A.T @ A + 0.1 * np.eye(n)
+    start = rng.random((m, n)) < 0.3
+    outs = []
+    for chunk in (1 << 22, 2 * n):
+        monkeypatch.setattr(slack_fill, "CHUNK_ELEMS", chunk)
+        steps = iter(range(5))
+        outs.append(slack_fill.greedy_fill(E @ H, H, start.copy(), np.full((m, n), 0.3), 3, np.float16,
+                                           lambda _mask, steps=steps: next(steps) < 4))
+    for a, b in zip(outs[0][:4], outs[1][:4], strict=True):
+        assert np.array_equal(a, b)
+    assert outs[0][4] == pytest.approx(outs[1][4], rel=1e-12)

@@ -40,6 +40,27 @@ def best_entry_values(r: np.ndarray, h: np.ndarray, sigma: np.ndarray | None, q:
     return delta, codes, 2 * delta * r - delta**2 * h
 
 
+CHUNK_ELEMS = 1 << 22  # entries per block of rows whose candidate values are built at once
+
+
+def best_unkept(R: np.ndarray, h: np.ndarray, mask: np.ndarray, sigma: np.ndarray | None, q: int | None,
+                store: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(columns, δ, codes, gains): in every row the unkept entry of largest gain
+    (:func:`best_entry_values`), built a block of rows at a time (no m×n temporaries)."""
+    m, n = R.shape
+    cols, delta, codes, gains = (np.empty(m, dtype=np.int64), np.empty(m), np.empty(m, dtype=np.uint8),
+                                 np.empty(m))
+    step = max(1, CHUNK_ELEMS // n)
+    for i0 in range(0, m, step):
+        rows = slice(i0, min(m, i0 + step))
+        d, c, g = best_entry_values(R[rows], h[None, :], None if sigma is None else sigma[rows], q, store)
+        g[mask[rows]] = -np.inf
+        j = np.argmax(g, axis=1)
+        at = np.arange(j.size)
+        cols[rows], delta[rows], codes[rows], gains[rows] = j, d[at, j], c[at, j], g[at, j]
+    return cols, delta, codes, gains
+
+
 def greedy_fill(R: np.ndarray, H: np.ndarray, mask: np.ndarray, sigma: np.ndarray | None, q: int | None,
                 store: type, fits: Callable[[np.ndarray], bool],
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -53,17 +74,17 @@ def greedy_fill(R: np.ndarray, H: np.ndarray, mask: np.ndarray, sigma: np.ndarra
     picked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     gain_total = 0.0
     while not mask.all(axis=1).any():
-        delta, codes, gain = best_entry_values(R, h[None, :], sigma, q, store)
-        gain[mask] = -np.inf
-        cols = np.argmax(gain, axis=1)
+        cols, d, codes, gain = best_unkept(R, h, mask, sigma, q, store)
         mask[rows, cols] = True
         if not fits(mask):
             mask[rows, cols] = False
             break
-        d = delta[rows, cols]
-        R -= d[:, None] * H[cols]
-        picked.append((cols, d, codes[rows, cols]))
-        gain_total += float(gain[rows, cols].sum())
+        step = max(1, CHUNK_ELEMS // R.shape[1])
+        for i0 in range(0, m, step):  # R_i −= δ_i H_j, a block of rows at a time
+            block = slice(i0, min(m, i0 + step))
+            R[block] -= d[block, None] * H[cols[block]]
+        picked.append((cols, d, codes))
+        gain_total += float(gain.sum())
     if not picked:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0), np.zeros(0, dtype=np.uint8), 0.0
