@@ -209,14 +209,31 @@ def cmd_compress(args) -> int:
     # (a folder written before the sizes were taken at the value bits: its ratios are against 16 bits)
     dense, value_bits = ((s["linear_dense_bytes"], man["settings"]["value_bits"]) if "linear_dense_bytes" in s
                    else (s["linear_dense16_bytes"], 16))
-    budget = f"ratio {ratio}" if bits is None else f"{bits} bits per weight"
-    print(f"compressed {method} {budget} pattern {args.pattern} rank {args.rank} -> {out}")
+    print(_summary_line(method, cfg.options, ratio, bits, args, man, out))
     print(f"  calibration text: {man['settings']['text']}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {dense:,} dense at "
           f"{value_bits}-bit values ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
           f"{s['linear_budget_ratio']:.4f}); compression {man['compress_seconds']:.1f}s; "
           f"per-layer log: {out / 'layers.log'}")
     return 0
+
+
+def _summary_line(method: str, options: dict, ratio, bits, args, man: dict, out: Path) -> str:
+    """"compressed METHOD (its options) [ratio R | at B bits][, pattern P][, rank r]: X bits per weight
+    -> OUT", naming only what the method stores (no rank for a quantiser, no pattern without S)."""
+    from slabopt.registry import get_method
+
+    from .pipeline import solver_name
+
+    parts = get_method(solver_name(method)).components
+    opts = f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+    budget = f" at {bits} bits" if bits is not None else (f" ratio {ratio}" if ratio is not None and
+                                                           "quant" not in parts else "")
+    shape = (f", pattern {args.pattern}" if "sparse" in parts and args.pattern != "row" else "") + (
+        f", rank {args.rank}" if "lowrank" in parts else "")
+    weights = sum(e["shape"][0] * e["shape"][1] for e in man["layers"])
+    per_weight = sum(e["bits"] for e in man["layers"]) / max(weights, 1)
+    return f"compressed {method}{opts}{budget}{shape}: {per_weight:.4g} bits per weight -> {out}"
 
 
 def cmd_eval(args) -> int:

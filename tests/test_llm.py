@@ -655,6 +655,9 @@ def test_cli_compress_and_compare_quantisers(tiny_checkpoint, tmp_path, capsys):
     code, so, err = _run_cli(["compress", *base, "--method", "gptq", "--option", "bits=4", "--option",
                               "group_size=16", "--out", str(out)], capsys)
     assert code == 0, err
+    summary = next(line for line in so.splitlines() if line.startswith("compressed "))
+    assert summary.startswith("compressed gptq (bits=4, group_size=16): 6 bits per weight")
+    assert "rank" not in summary and "None" not in summary and "pattern" not in summary
     man = json.loads((out / "manifest.json").read_text())
     assert man["settings"]["ratio"] is None  # 4-bit codes + 2 fp16 values per 16: 6 of 16 bits
     assert all(e["ratio"] == pytest.approx(1 - 6 / 16) for e in man["layers"])
