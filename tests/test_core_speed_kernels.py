@@ -120,11 +120,12 @@ def test_ties_at_the_threshold_follow_the_reference_rule(spy):
 @pytest.mark.parametrize("pattern", ["global", "2:4", "4:8"])
 def test_other_patterns_take_the_reference(spy, pattern):
     W, d = problem(5, 24, 48, np.float32)
-    a, b = both(W, d, ratio=0.5, rank=2, max_iter=4, tol=0, pattern=pattern)
+    ratio = None if ":" in pattern else 0.5  # N:M fixes nnz(S) (more than half the bits here)
+    a, b = both(W, d, ratio=ratio, rank=2, max_iter=4, tol=0, pattern=pattern)
     assert_identical(a, b)
     assert not spy
     with pytest.raises(ValueError, match="kernel='numba' cannot run here"):
-        slabopt.solve(W, col_norms=d, ratio=0.5, rank=2, pattern=pattern, kernel="numba")
+        slabopt.solve(W, col_norms=d, ratio=ratio, rank=2, pattern=pattern, kernel="numba")
 
 
 def test_descent_holds_on_the_kernel_path(spy):
