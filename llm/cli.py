@@ -211,6 +211,10 @@ def cmd_compress(args) -> int:
                    else (s["linear_dense16_bytes"], 16))
     print(_summary_line(method, cfg.options, ratio, bits, args, man, out))
     print(f"  calibration text: {man['settings']['text']}")
+    used = man["settings"]["calib_tokens"]
+    rounded = "" if used == args.calib_tokens else \
+        f" (--calib-tokens {args.calib_tokens} rounded up to whole windows)"
+    print(f"  calibration: {used} tokens in {used // args.seqlen} windows of {args.seqlen}{rounded}")
     print(f"  linear layers: {s['linear_bytes_on_disk']:,} bytes on disk vs {dense:,} dense at "
           f"{value_bits}-bit values ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
           f"{s['linear_budget_ratio']:.4f}); compression {man['compress_seconds']:.1f}s; "

@@ -31,3 +31,12 @@ def test_version(capsys):
         cli.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"slabopt {slabopt.__version__}"
+
+
+def test_compress_says_how_many_calibration_tokens_it_used(tmp_path, capsys):
+    """--calib-tokens 20 with --seqlen 16 takes two whole windows, 32 tokens, and says so."""
+    base = quick_compress_args(tmp_path)
+    args = [a if a != "32" else "20" for a in base]  # the helper asks for 32 calibration tokens
+    assert cli.main([*args, "--rank", "1", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "calibration: 32 tokens in 2 windows of 16 (--calib-tokens 20 rounded up to whole windows)" in out
