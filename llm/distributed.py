@@ -77,7 +77,8 @@ class Dist:
             failure = exc
         if not self.active:
             return
-        flag = torch.tensor([self.rank if failure is not None else self.world], dtype=torch.int64)
+        flag = torch.tensor([self.rank if failure is not None else self.world], dtype=torch.int64,
+                            device="cpu")
         _dist().all_reduce(flag, op=_dist().ReduceOp.MIN)
         src = int(flag.item())
         if src == self.world:
@@ -162,7 +163,7 @@ class Dist:
             if src == self.rank:
                 flat = torch.cat([t.contiguous().reshape(-1).view(torch.uint8) for t in mine])
             else:
-                flat = torch.empty(sum(nbytes), dtype=torch.uint8)
+                flat = torch.empty(sum(nbytes), dtype=torch.uint8, device="cpu")  # outputs stay on the CPU
             _dist().broadcast(flat, src=src)
             if src == self.rank:
                 out.extend(mine)
@@ -187,7 +188,7 @@ class Dist:
         out = list(mine)
         for src in range(1, self.world):
             for dt, sh in layouts[src]:
-                buf = torch.empty(_nbytes(dt, sh), dtype=torch.uint8)
+                buf = torch.empty(_nbytes(dt, sh), dtype=torch.uint8, device="cpu")  # inputs: CPU
                 _dist().recv(buf, src=src)
                 out.append(buf.view(getattr(torch, dt)).reshape(sh))
         return out
@@ -208,7 +209,7 @@ class Dist:
                     _dist().send(full[i].contiguous().reshape(-1).view(torch.uint8), dst=r)
                 elif r == self.rank:
                     dt, sh = layout[i]
-                    buf = torch.empty(_nbytes(dt, sh), dtype=torch.uint8)
+                    buf = torch.empty(_nbytes(dt, sh), dtype=torch.uint8, device="cpu")
                     _dist().recv(buf, src=0)
                     mine.append(buf.view(getattr(torch, dt)).reshape(sh))
         return mine

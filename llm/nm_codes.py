@@ -34,9 +34,9 @@ def _tables(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(pattern → code, code → pattern); a pattern is the M-bit integer of a group, first entry
     most significant; patterns that are not N of M map to −1."""
     patterns = [sum(1 << (m - 1 - j) for j in keep) for keep in combinations(range(m), n)]
-    to_code = torch.full((1 << m,), -1, dtype=torch.int64)
-    to_code[torch.tensor(patterns)] = torch.arange(len(patterns))
-    return to_code, torch.tensor(patterns, dtype=torch.int64)
+    to_code = torch.full((1 << m,), -1, dtype=torch.int64, device="cpu")  # host tables: codes are made there
+    to_code[torch.tensor(patterns, device="cpu")] = torch.arange(len(patterns), device="cpu")
+    return to_code, torch.tensor(patterns, dtype=torch.int64, device="cpu")
 
 
 def encode(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -45,7 +45,7 @@ def encode(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if m > MAX_M or cols % m:
         raise ValueError(f"N:M codes need M <= {MAX_M} and M dividing the {cols} columns")
     groups = mask.reshape(rows, cols // m, m).to(torch.int64).cpu()
-    value = (groups * (1 << torch.arange(m - 1, -1, -1))).sum(-1)
+    value = (groups * (1 << torch.arange(m - 1, -1, -1, device=groups.device))).sum(-1)
     codes = _tables(n, m)[0][value]
     if bool((codes < 0).any()):
         raise ValueError(f"the mask is not {n}:{m}: some group of {m} keeps another number of entries")

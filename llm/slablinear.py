@@ -37,6 +37,10 @@ Forward, y = Ŵ x + bias = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bi
   column index; for more rows (prefill) Ŵ rebuilt a block of rows at a time, each block used in
   one matmul and dropped. Kept between calls: the row offsets into ``values`` (m + 1 integers) and
   float32 copies of U, V, c and the bias (r·(m + n) + 2m numbers);
+- for inputs on CUDA, where triton is installed and the layout allows (as for the fused kernel, with
+  at most ``triton_forward.MAX_RANK`` factors per column), up to ``triton_forward.MAX_ROWS`` input
+  rows: the Triton kernel of :mod:`.triton_forward`, from the packed parts (tested in Triton's CPU
+  interpreter only so far, see docs/gpu.md);
 - otherwise the pure-torch reference (:meth:`SLaBLinear.reference_forward`): the dense Ŵ rebuilt
   for the call and one matmul (many rows, large rank, two-level codes, quantised parts), or the
   factored product with S as a CSR matrix whose int64 index is built for the call and dropped and
@@ -76,63 +80,73 @@ class SLaBLinear(nn.Module):
                  bias: bool = False, nm: tuple[int, int] | None = None, quant: QuantLayout | None = None,
                  value_codes: tuple[int, int] | None = None, store_dtype: torch.dtype = torch.float16,
                  compute_dtype: torch.dtype = torch.float32, l_group: int | None = None,
-                 rice_bytes: int | None = None):
+                 rice_bytes: int | None = None, device: torch.device | str = "cpu"):
+        """Zero buffers of the given layout on ``device`` (the CPU: a layer is built on the host,
+        filled, then moved; ``"meta"`` for shapes only, as :meth:`empty_like_state` does)."""
         super().__init__()
         m, n = out_features, in_features
         self.in_features, self.out_features = n, m
         self.compute_dtype = compute_dtype
         self.cache_weight = False  # keep the dense Ŵ after the first call (fast evaluation on CPU)
-        self.use_fused = True  # the fused CPU kernel where it applies (see the module docstring)
+        self.use_fused = True  # the fused CPU (numba) or CUDA (Triton) kernel where it applies
         self._W: torch.Tensor | None = None
         self._packed: _Packed | bool | None = None  # the kernels' arrays; False: not supported
+        self._triton = None  # the Triton kernel's arrays (triton_forward.TritonParts), built when first used
         if nm is None and nnz and rice_bytes is not None:
-            self.register_buffer("rice", torch.zeros(rice_bytes, dtype=torch.uint8))
+            self.register_buffer("rice", torch.zeros(rice_bytes, dtype=torch.uint8, device=device))
         elif nm is None and nnz:
-            self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8))
+            self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8, device=device))
         elif nnz:
-            self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8))
-            self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8))
+            self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8, device=device))
+            self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8,
+                                                         device=device))
         if value_codes is None:
-            self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype))
+            self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype, device=device))
         else:
-            self._code_buffers(m, *value_codes, store_dtype)
+            self._code_buffers(m, *value_codes, store_dtype, device)
         groups = 1 if l_group is None else -(-n // l_group)
-        self.register_buffer("U", torch.zeros(m, rank * groups, dtype=store_dtype) if rank else None)
-        self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype) if rank else None)
+        self.register_buffer("U", torch.zeros(m, rank * groups, dtype=store_dtype, device=device)
+                             if rank else None)
+        self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype, device=device) if rank else None)
         if l_group is not None:
-            self.register_buffer("l_group", torch.tensor([l_group], dtype=torch.int32))
-        self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8)
+            self.register_buffer("l_group", torch.tensor([l_group], dtype=torch.int32, device=device))
+        self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8, device=device)
                              if has_signs else None)
-        self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype) if has_levels else None)
-        self.register_buffer("row_offset", torch.zeros(m, dtype=store_dtype) if has_offset else None)
-        self.register_buffer("bias", torch.zeros(m, dtype=store_dtype) if bias else None)
+        self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype, device=device)
+                             if has_levels else None)
+        self.register_buffer("row_offset", torch.zeros(m, dtype=store_dtype, device=device)
+                             if has_offset else None)
+        self.register_buffer("bias", torch.zeros(m, dtype=store_dtype, device=device) if bias else None)
         if quant is not None:
-            self._quant_buffers(quant, store_dtype)
+            self._quant_buffers(quant, store_dtype, device)
 
-    def _code_buffers(self, m: int, bits: int, k: int, store_dtype: torch.dtype) -> None:
+    def _code_buffers(self, m: int, bits: int, k: int, store_dtype: torch.dtype, device) -> None:
         """Coded values of S: k codes of ``bits`` bits per row, a scale per row, the layout [q, k]."""
-        self.register_buffer("value_layout", torch.tensor([bits, k], dtype=torch.int32))
-        self.register_buffer("values", torch.zeros(m, packed_width(k, bits), dtype=torch.uint8))
+        self.register_buffer("value_layout", torch.tensor([bits, k], dtype=torch.int32, device=device))
+        self.register_buffer("values", torch.zeros(m, packed_width(k, bits), dtype=torch.uint8,
+                                                   device=device))
         scale_dtype = torch.float32 if store_dtype == torch.float32 else torch.float16
-        self.register_buffer("value_scales", torch.zeros(m, dtype=scale_dtype))
+        self.register_buffer("value_scales", torch.zeros(m, dtype=scale_dtype, device=device))
 
-    def _quant_buffers(self, q: QuantLayout | BinarizedLayout, store_dtype: torch.dtype) -> None:
+    def _quant_buffers(self, q: QuantLayout | BinarizedLayout, store_dtype: torch.dtype, device) -> None:
         """Codes packed at ``bits`` bits, scales (and zero points) per row and group, the column
         group index packed at ⌈log₂ groups⌉ bits, and the layout itself (``q_layout``); a
         binarized part in the child module ``binarized`` (:mod:`.binarized_parts`)."""
         if isinstance(q, BinarizedLayout):
-            self.add_module(BINARIZED, BinarizedParts(q, store_dtype))
+            self.add_module(BINARIZED, BinarizedParts(q, store_dtype, device=device))
             return
         m, n = q.shape
         self.register_buffer("q_layout", torch.tensor([q.bits, q.group_size or 0, q.symmetric,
-                                                       q.group_index], dtype=torch.int32))
-        self.register_buffer("q_codes", torch.zeros(m, packed_width(n, q.bits), dtype=torch.uint8))
-        self.register_buffer("q_scales", torch.zeros(m, q.n_groups, dtype=store_dtype))
+                                                       q.group_index], dtype=torch.int32, device=device))
+        self.register_buffer("q_codes", torch.zeros(m, packed_width(n, q.bits), dtype=torch.uint8,
+                                                    device=device))
+        self.register_buffer("q_scales", torch.zeros(m, q.n_groups, dtype=store_dtype, device=device))
         if not q.symmetric:
-            self.register_buffer("q_zeros", torch.zeros(m, q.n_groups, dtype=store_dtype))
+            self.register_buffer("q_zeros", torch.zeros(m, q.n_groups, dtype=store_dtype, device=device))
         if q.group_index:
             width = (q.n_groups - 1).bit_length()
-            self.register_buffer("q_index", torch.zeros(1, packed_width(n, width), dtype=torch.uint8))
+            self.register_buffer("q_index", torch.zeros(1, packed_width(n, width), dtype=torch.uint8,
+                                                         device=device))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -146,8 +160,8 @@ class SLaBLinear(nn.Module):
         codes = res.sparse_codes
         rice = None
         if res.budget.positions == "rice" and sp.nnz and nm is None:
-            rice = rice_encode(np.asarray(torch.as_tensor(sp.indptr).cpu()),
-                               np.asarray(torch.as_tensor(sp.indices).cpu()), n)[0]
+            rice = rice_encode(np.asarray(torch.as_tensor(sp.indptr, device="cpu")),
+                               np.asarray(torch.as_tensor(sp.indices, device="cpu")), n)[0]
         mod = cls(n, m, nnz=sp.nnz, rank=res.rank, l_group=res.budget.l_group,
                   rice_bytes=None if rice is None else rice.size,
                   value_codes=None if codes is None else (codes.bits, int(codes.shape[1])),
@@ -163,18 +177,19 @@ class SLaBLinear(nn.Module):
             mod._store_quant(res.quant, store_dtype)
         mod.rebuild_index()
         if codes is None:
-            mod.values.copy_(torch.as_tensor(sp.values).to(store_dtype))
+            mod.values.copy_(torch.as_tensor(sp.values, device=mod.values.device).to(store_dtype))
         else:
             mod._store_codes(codes)
         if res.rank:
-            mod.U.copy_(torch.as_tensor(res.U).to(store_dtype))
-            mod.V.copy_(mod._own_factors(torch.as_tensor(res.V)).to(store_dtype))
+            mod.U.copy_(torch.as_tensor(res.U, device=mod.U.device).to(store_dtype))
+            mod.V.copy_(mod._own_factors(torch.as_tensor(res.V, device=mod.V.device)).to(store_dtype))
         if res.signs_packed is not None:
-            mod.signs.copy_(torch.as_tensor(res.signs_packed).to(torch.uint8))
+            mod.signs.copy_(torch.as_tensor(res.signs_packed, device=mod.signs.device).to(torch.uint8))
         if res.levels is not None:
-            mod.levels.copy_(torch.as_tensor(res.levels).to(store_dtype))
+            mod.levels.copy_(torch.as_tensor(res.levels, device=mod.levels.device).to(store_dtype))
         if res.row_offset is not None:
-            mod.row_offset.copy_(torch.as_tensor(res.row_offset).to(store_dtype))
+            offset = torch.as_tensor(res.row_offset, device=mod.row_offset.device)
+            mod.row_offset.copy_(offset.to(store_dtype))
         if bias is not None:
             mod.bias.copy_(bias.detach().to(store_dtype))
         return mod
@@ -183,13 +198,14 @@ class SLaBLinear(nn.Module):
         """The bitmask (or N:M codes) of the entries the CSR ``sp`` keeps, filled ``CODE_ROWS``
         rows at a time (no index of every kept entry at once)."""
         m, n = self.out_features, self.in_features
-        indptr = torch.as_tensor(sp.indptr).cpu().to(torch.int64)
-        indices = torch.as_tensor(sp.indices).cpu()
-        whole = None if nm is None else torch.zeros(m, n, dtype=torch.bool)
+        indptr = torch.as_tensor(sp.indptr, device="cpu").to(torch.int64)  # host work, by design
+        indices = torch.as_tensor(sp.indices, device="cpu")
+        whole = None if nm is None else torch.zeros(m, n, dtype=torch.bool, device="cpu")
         for i0 in range(0, m, CODE_ROWS):
             i1 = min(m, i0 + CODE_ROWS)
-            block = torch.zeros(i1 - i0, n, dtype=torch.bool) if whole is None else whole[i0:i1]
-            rows = torch.repeat_interleave(torch.arange(i1 - i0), indptr[i0 + 1 : i1 + 1] - indptr[i0:i1])
+            block = torch.zeros(i1 - i0, n, dtype=torch.bool, device="cpu") if whole is None else whole[i0:i1]
+            rows = torch.repeat_interleave(torch.arange(i1 - i0, device="cpu"),
+                                           indptr[i0 + 1 : i1 + 1] - indptr[i0:i1])
             block[rows, indices[int(indptr[i0]) : int(indptr[i1])].to(torch.int64)] = True
             if whole is None:
                 self.mask[i0:i1] = pack_signs(block)
@@ -199,23 +215,24 @@ class SLaBLinear(nn.Module):
     def _store_codes(self, codes: QuantizedMatrix) -> None:
         """The coded values as signed q-bit integers t = c − 2^(q−1), packed ``CODE_ROWS`` rows at a
         time, and their row scales."""
-        c = torch.as_tensor(codes.codes).cpu()
+        c = torch.as_tensor(codes.codes, device="cpu")
         for i0 in range(0, c.shape[0], CODE_ROWS):
             twos = c[i0 : i0 + CODE_ROWS].to(torch.int64) ^ (1 << (codes.bits - 1))
             self.values[i0 : i0 + CODE_ROWS] = pack_uint(twos, codes.bits)
-        self.value_scales.copy_(torch.as_tensor(codes.scales).reshape(-1).to(self.value_scales.dtype))
+        self.value_scales.copy_(torch.as_tensor(codes.scales, device=self.value_scales.device).reshape(-1)
+                                .to(self.value_scales.dtype))
 
     def _store_quant(self, q: QuantizedMatrix | BinarizedMatrix, store_dtype: torch.dtype) -> None:
         if isinstance(q, BinarizedMatrix):
             getattr(self, BINARIZED).store(q)
             return
-        self.q_codes.copy_(pack_uint(torch.as_tensor(q.codes).cpu(), q.bits))
-        self.q_scales.copy_(torch.as_tensor(q.scales).to(store_dtype))
+        self.q_codes.copy_(pack_uint(torch.as_tensor(q.codes, device="cpu"), q.bits))
+        self.q_scales.copy_(torch.as_tensor(q.scales, device=self.q_scales.device).to(store_dtype))
         if q.zeros is not None:
-            self.q_zeros.copy_(torch.as_tensor(q.zeros).to(store_dtype))
+            self.q_zeros.copy_(torch.as_tensor(q.zeros, device=self.q_zeros.device).to(store_dtype))
         if q.group_index is not None:
             width = (q.layout.n_groups - 1).bit_length()
-            self.q_index.copy_(pack_uint(torch.as_tensor(q.group_index).cpu().reshape(1, -1), width))
+            self.q_index.copy_(pack_uint(torch.as_tensor(q.group_index, device="cpu").reshape(1, -1), width))
 
     @property
     def has_quant(self) -> bool:
@@ -266,7 +283,7 @@ class SLaBLinear(nn.Module):
                       nm=tuple(state["nm"].tolist()) if "nm" in state else None,
                       quant=cls._layout_of(state, (m, n)),
                       store_dtype=state["values" if layout is None else "value_scales"].dtype,
-                      compute_dtype=compute_dtype)
+                      compute_dtype=compute_dtype, device="meta")
         mod.load_state_dict(state, strict=True, assign=True)
         mod.rebuild_index()
         return mod
@@ -294,6 +311,7 @@ class SLaBLinear(nn.Module):
 
     def _drop_derived(self) -> None:
         self._packed = None
+        self._triton = None
         self._W = None
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .half(), ...: derived arrays are stale
@@ -435,6 +453,8 @@ class SLaBLinear(nn.Module):
             if self._W is None or self._W.dtype != dt:
                 self._W = self.reconstruct(dt)
             y = self._add_bias(xf.to(dt) @ self._W.T)
+        elif self.triton_applies(xf):
+            y = self.triton_forward(xf)
         elif self.fused_applies(xf):
             few = xf.shape[0] <= fused.max_rows(self.out_features, self.in_features)
             y = self.fused_forward(xf) if few else self.blocked_forward(xf)
@@ -485,6 +505,25 @@ class SLaBLinear(nn.Module):
         return (self.use_fused and xf.device.type == "cpu" and self._packed_parts() is not None
                 and not (xf.requires_grad and torch.is_grad_enabled()))
 
+    def triton_applies(self, xf: torch.Tensor) -> bool:
+        """Whether :meth:`forward` takes the Triton kernel for the rows ``xf``: input on CUDA, at most
+        ``triton_forward.MAX_ROWS`` rows, enabled (``use_fused``), no gradient wanted, triton installed
+        and the layer :func:`.triton_forward.supported`."""
+        if not (xf.is_cuda and self.use_fused and not (xf.requires_grad and torch.is_grad_enabled())):
+            return False
+        from . import triton_forward as tfw  # imported for CUDA inputs only: CPU runs never need triton
+
+        return xf.shape[0] <= tfw.MAX_ROWS and tfw.supported(self)
+
+    def triton_forward(self, xf: torch.Tensor) -> torch.Tensor:
+        """y = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias for the rows x of ``xf`` by the Triton
+        kernel (float32 result; see :func:`.triton_forward.slab_forward`)."""
+        from . import triton_forward as tfw
+
+        if self._triton is None:
+            self._triton = tfw.prepare(self)
+        return tfw.slab_forward(self._triton, xf)
+
     def fused_forward(self, xf: torch.Tensor) -> torch.Tensor:
         """y = S x + Σ_k u_k ⊙ (B (v_k ⊙ x)) + c·Σ_j x_j + bias for the rows x of ``xf`` by the
         fused kernel (float32 result; see :func:`.fused.fused_matmul`)."""
@@ -503,7 +542,7 @@ class SLaBLinear(nn.Module):
         p = self._packed_parts()
         m, n = self.out_features, self.in_features
         X = xf.detach().to(torch.float32).contiguous()
-        Y = torch.empty(X.shape[0], m, dtype=torch.float32)
+        Y = torch.empty(X.shape[0], m, dtype=torch.float32, device="cpu")  # the numba path: host only
         step = max(16, fused.BLOCK_ELEMS // n)
         threads = torch.get_num_threads()
         for i0 in range(0, m, step):
@@ -570,7 +609,7 @@ class _Packed:
                       else np.zeros(0, np.uint8))
         U, V = mod.factors(torch.float32) if r else (None, None)
         self.V = V.detach().T.contiguous().numpy() if r else np.zeros((0, n), np.float32)
-        aux = torch.zeros(m, r + 3, dtype=torch.float32)
+        aux = torch.zeros(m, r + 3, dtype=torch.float32, device="cpu")  # read by the numba kernel
         if r:
             aux[:, :r] = U.detach()
         aux[:, r + 2] = mod.value_scales.detach().to(torch.float32) if coded else 1.0

@@ -100,6 +100,7 @@ def top_k_rows(scores: Any, k: int, work: Any = None) -> Any:
     counts = xp.count_nonzero(mask, axis=1)
     tied = xp.nonzero(counts != k)[0]
     if tied.shape[0]:
-        sub = scores[tied, :]
-        mask[tied, :] = bk.mask_from_indices(xp, tuple(sub.shape), bk.topk_indices(sub, k))
+        sub = xp.take(scores, tied, axis=0)
+        fixed = bk.mask_from_indices(xp, tuple(sub.shape), bk.topk_indices(sub, k))
+        mask = bk.put_rows(xp, mask, tied, fixed)
     return mask

@@ -104,7 +104,7 @@ def two_level_quantize(w: Any, weights: Any = None) -> tuple[Any, Any, Any]:
     is_high = (W >= mid) & (high > low)
     low, high = xp.reshape(low, (-1,)), xp.reshape(high, (-1,))
     if squeeze:
-        return low[0], high[0], is_high[0]
+        return low[0], high[0], is_high[0, :]
     return low, high, is_high
 
 

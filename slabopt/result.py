@@ -55,8 +55,7 @@ class SparseMatrix:
         m, n = self.shape
         counts = self.indptr[1:] - self.indptr[:-1]
         rows = xp.repeat(xp.arange(m, device=bk.device(self.values)), counts)
-        flat = xp.zeros(m * n, dtype=self.values.dtype, device=bk.device(self.values))
-        flat[rows * n + xp.astype(self.indices, rows.dtype)] = self.values
+        flat = bk.scatter(xp, m * n, rows * n + xp.astype(self.indices, rows.dtype), self.values, 0)
         return xp.reshape(flat, (m, n))
 
 

@@ -24,15 +24,22 @@ def is_positive(x: Any) -> Any:
 def sign_pm1(x: Any) -> Any:
     """Entrywise sign with sign(0) = +1, in the dtype of ``x``."""
     xp = bk.namespace(x)
-    one = xp.asarray(1, dtype=x.dtype)
+    one = xp.asarray(1, dtype=x.dtype, device=bk.device(x))
     return xp.where(is_positive(x), one, -one)
 
 
 def pm1_into(positive: Any, out: Any) -> Any:
-    """``out`` ← the ±1 matrix of the boolean "is +1" matrix ``positive``, in place."""
-    out[...] = positive
-    out *= 2
-    out -= 1
+    """``out`` ← where(positive, +1, −1), the ±1 matrix of the boolean "is +1" matrix, in place
+    (NumPy and torch: 2·positive − 1 without a temporary, 10× faster; the standard has no
+    bool-to-float assignment)."""
+    if bk.library_name(out) in ("numpy", "torch"):
+        out[...] = positive
+        out *= 2
+        out -= 1
+        return out
+    xp = bk.namespace(out)
+    one = xp.asarray(1, dtype=out.dtype, device=bk.device(out))
+    out[...] = xp.where(positive, one, -one)
     return out
 
 
@@ -72,7 +79,7 @@ def unpack_signs(packed: Any, n: int, dtype: Any = None) -> Any:
     shifts = xp.asarray((7, 6, 5, 4, 3, 2, 1, 0), dtype=xp.uint8, device=bk.device(packed))
     bits = xp.bitwise_and(
         xp.bitwise_right_shift(xp.reshape(packed, (m, nbytes, 1)), shifts),
-        xp.asarray(1, dtype=xp.uint8),
+        xp.asarray(1, dtype=xp.uint8, device=bk.device(packed)),
     )
     bits = xp.reshape(bits, (m, nbytes * 8))[:, :n]
     dtype = xp.float32 if dtype is None else dtype

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _backend as bk
 from .quantized import QuantizedMatrix
 
@@ -28,9 +30,9 @@ SHRINKS = tuple(1.0 - 0.025 * i for i in range(29))  # p = 1, 0.975, …, 0.3
 ROWS_PER_CHUNK = 1 << 20  # entries processed at a time by the scale search
 
 
-def stored_scale_dtype(xp: Any, value_bits: int) -> Any:
-    """The dtype a b-bit scale is kept in: float16 for b ≤ 16, float32 above."""
-    return xp.float16 if value_bits <= 16 else xp.float32
+def stored_scale_dtype(value_bits: int) -> str:
+    """The name of the dtype a b-bit scale is kept in: "float16" for b ≤ 16, "float32" above."""
+    return "float16" if value_bits <= 16 else "float32"
 
 
 def quantize_values(values: Any, scales: Any, bits: int) -> Any:
@@ -64,19 +66,21 @@ def fit_row_scales(values: Any, weights: Any, bits: int, value_bits: int = 16) -
     over the shrink grid ``SHRINKS`` (first best on ties); a row of zeros gets scale 1."""
     xp = bk.namespace(values)
     m, k = values.shape
-    stored = stored_scale_dtype(xp, value_bits)
-    tiny = float(xp.finfo(stored).smallest_normal)
+    stored = stored_scale_dtype(value_bits)
+    tiny = float(np.finfo(stored).smallest_normal)
     maxq = float(2**bits - 1)
 
     def rounded(p: float, amax: Any) -> Any:
-        s = xp.astype(xp.astype(2.0 * p * amax / maxq, stored), values.dtype)
+        s = bk.round_to_precision(2.0 * p * amax / maxq, stored)
         return xp.where(s > 0, s, xp.full_like(s, tiny))
 
     scales = []
     step = row_step(k)
     for i0 in range(0, m, step):
-        v, w = values[i0 : i0 + step], weights[i0 : i0 + step]
-        amax = xp.max(xp.abs(v), axis=1, keepdims=True) if k else xp.zeros_like(v[:, :1])
+        rows = slice(i0, min(i0 + step, m))
+        v, w = values[rows, :], weights[rows, :]
+        amax = (xp.max(xp.abs(v), axis=1, keepdims=True) if k
+                else xp.zeros((v.shape[0], 1), dtype=v.dtype, device=bk.device(v)))
         amax = xp.where(amax > 0, amax, xp.ones_like(amax))
         best = rounded(SHRINKS[0], amax)
         best_err = _row_errors(v, w, best, bits)
@@ -87,7 +91,8 @@ def fit_row_scales(values: Any, weights: Any, bits: int, value_bits: int = 16) -
             best = xp.where(xp.reshape(better, (-1, 1)), s, best)
             best_err = xp.where(better, err, best_err)
         scales.append(best)
-    return xp.concat(scales, axis=0) if scales else xp.ones((0, 1), dtype=values.dtype)
+    return xp.concat(scales, axis=0) if scales else xp.ones((0, 1), dtype=values.dtype,
+                                                             device=bk.device(values))
 
 
 def sparse_codes(values: Any, weights: Any, bits: int, value_bits: int = 16) -> QuantizedMatrix:

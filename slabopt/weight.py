@@ -49,7 +49,7 @@ def dense_weight(
         W_hat = W_hat + L
     if levels is not None:
         high = B if is_bool else B > 0
-        W_hat = W_hat + xp.where(high, _column(xp, levels[1]), _column(xp, levels[0]))
+        W_hat = W_hat + xp.where(high, _column(xp, levels[1, :]), _column(xp, levels[0, :]))
     if row_offset is not None:
         W_hat = W_hat + _column(xp, row_offset)
     if quant is not None:

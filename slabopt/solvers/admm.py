@@ -44,8 +44,14 @@ from ._util import hessian_or_diag
 from .alternating import alternating
 
 
+def _g_array(xp, E, Ht):
+    """g = tr(E H̃ Eᵀ) as a 0-d array on E's device."""
+    return xp.sum((E @ Ht) * E)
+
+
 def _g(xp, E, Ht):
-    return bk.to_float(xp.sum((E @ Ht) * E))
+    """g = tr(E H̃ Eᵀ) as a Python float."""
+    return bk.to_float(_g_array(xp, E, Ht))
 
 
 @register_method(
@@ -127,9 +133,11 @@ def admm(
                 L = Ut @ xp.matrix_transpose(Vt)
         P = S + L * Bb
         u = u + Z - P
-        rp = math.sqrt(bk.to_float(xp.sum((Z - P) ** 2)))
-        sd = rho * math.sqrt(bk.to_float(xp.sum((P - P_old) ** 2)))
-        g = _g(xp, Wt - P, Ht)
+        # one host transfer (one GPU synchronisation) for g and every norm the stopping rule needs
+        rp2, sd2, g, z2, p2, u2 = bk.to_floats(xp.stack([
+            xp.sum((Z - P) ** 2), xp.sum((P - P_old) ** 2), _g_array(xp, Wt - P, Ht), xp.sum(Z * Z),
+            xp.sum(P * P), xp.sum(u * u)]))
+        rp, sd = math.sqrt(rp2), rho * math.sqrt(sd2)
         history.append(g)
         primal.append(rp)
         dual.append(sd)
@@ -138,9 +146,8 @@ def admm(
         if g < best[0]:
             best = (g, S, mask, Ut, Vt, Bb)
         scale = math.sqrt(mn := m * n)
-        eps_pri = eps_abs * scale + eps_rel * max(
-            math.sqrt(bk.to_float(xp.sum(Z * Z))), math.sqrt(bk.to_float(xp.sum(P * P))))
-        eps_dual = eps_abs * math.sqrt(mn) + eps_rel * rho * math.sqrt(bk.to_float(xp.sum(u * u)))
+        eps_pri = eps_abs * scale + eps_rel * max(math.sqrt(z2), math.sqrt(p2))
+        eps_dual = eps_abs * math.sqrt(mn) + eps_rel * rho * math.sqrt(u2)
         if it > 0 and rp <= eps_pri and sd <= eps_dual:
             converged, message = True, "primal and dual residuals below tolerance"
             break

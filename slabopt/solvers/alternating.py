@@ -89,18 +89,25 @@ def weighted_error(problem: Problem, RB, L, out=None) -> float:
     return bk.to_float(xp.linalg.vecdot(xp.reshape(E, (-1,)), xp.reshape(E, (-1,))))
 
 
-def squared_norm(M) -> float:
-    """‖M‖_F² with per-row dot products summed in float64 (accurate enough to subtract from)."""
+def squared_norm_array(M):
+    """‖M‖_F² with per-row dot products summed in float64 (accurate enough to subtract from), as a
+    0-d float64 array on M's device."""
     xp = bk.namespace(M)
     rows = xp.linalg.vecdot(M, M, axis=-1)
-    return bk.to_float(xp.sum(xp.astype(rows, xp.float64)))
+    return xp.sum(xp.astype(rows, xp.float64))
 
 
-def factored_errors(M, norm2: float, factors) -> list[float]:
+def squared_norm(M) -> float:
+    """:func:`squared_norm_array` as a Python float."""
+    return bk.to_float(squared_norm_array(M))
+
+
+def factored_errors(M, norm2, factors) -> list:
     """‖M − U (DV)ᵀ‖_F² = ‖M‖² − 2⟨U, M·DV⟩ + ⟨UᵀU, (DV)ᵀDV⟩ for each (U, DV) in ``factors``.
 
-    ``norm2`` = ‖M‖_F². One skinny product M·[DV₁ DV₂ …] (one pass over M) replaces the m×n
-    passes of forming each U (DV)ᵀ; the small terms are summed in float64.
+    ``norm2`` = ‖M‖_F² (0-d float64 array). One skinny product M·[DV₁ DV₂ …] (one pass over M)
+    replaces the m×n passes of forming each U (DV)ᵀ; the small terms are summed in float64. The
+    values stay 0-d float64 arrays on M's device (no host transfer).
     """
     xp = bk.namespace(M)
     f64 = xp.float64
@@ -112,7 +119,7 @@ def factored_errors(M, norm2: float, factors) -> list[float]:
         gram = xp.astype(xp.matrix_transpose(U) @ U, f64) * xp.astype(
             xp.matrix_transpose(DV) @ DV, f64
         )
-        out.append(norm2 - 2.0 * bk.to_float(cross) + bk.to_float(xp.sum(gram)))
+        out.append(norm2 - 2.0 * cross + xp.sum(gram))
         col += r
     return out
 
@@ -139,8 +146,9 @@ def weighted_objectives(problem: Problem, M, new, old, out) -> tuple[float, bool
     xp = problem.xp
     d = xp.reshape(problem.d, (-1, 1))
     pairs = [(U, V * d) for U, V in ([new] if old is None else [new, old])]
-    norm2 = squared_norm(M)
-    values = factored_errors(M, norm2, pairs)
+    norm2 = squared_norm_array(M)
+    # one host transfer (one GPU synchronisation) for ‖M‖² and every candidate's objective
+    norm2, *values = bk.to_floats(xp.stack([norm2, *factored_errors(M, norm2, pairs)]))
     if min(values) < CANCELLATION * norm2:
         values = [explicit_error(M, U, DV, out) for U, DV in pairs]
     keep = len(values) == 2 and values[1] < values[0]
@@ -308,7 +316,7 @@ def alternating(
         SE[...] = W
         SE -= LB  # E = W − L⊙B
         mask = sparse_mask(problem, SE, out=R, work=LB)  # sparse step (P4)
-        SE *= mask  # S = mask ⊙ E
+        SE *= xp.astype(mask, SE.dtype)  # S = mask ⊙ E
         R[...] = W
         R -= SE  # R = W − S
         if U is None:  # binary step (P2): B = sign(R ⊙ L), or sign(R) before any L
