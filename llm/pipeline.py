@@ -29,7 +29,7 @@ from slabopt.budget import POSITIONS, SPARSE_BITS
 from slabopt.patterns import parse_pattern
 from slabopt.registry import get_method
 
-from . import allocation, distributed
+from . import allocation, console, distributed
 from .allocator import limit_heap_retention, release_freed_memory
 from .arch import (
     DEFAULT_IGNORE,
@@ -172,6 +172,15 @@ class CompressConfig:
                             "patterns and quantisers (rtn, gptq) fix the budget by themselves")
         return info
 
+    def solve_settings(self) -> dict:
+        """The keywords of :func:`slabopt.solve` (and :func:`slabopt.layer_budget`) for every layer:
+        the budget (ratio or bits), rank, method, codes and positions, groups of L, the options."""
+        budget = {"ratio": self.ratio} if self.bits is None else {"bits": self.bits}
+        extra = {} if self.l_group is None else {"l_group": self.l_group}
+        return dict(**budget, rank=self.rank, method=self.solver, value_bits=self.value_bits,
+                    index_bits=self.index_bits, pattern=self.pattern, positions=self.positions,
+                    sparse_bits=self.sparse_bits, **extra, **self.options)
+
     def record(self, windows: torch.Tensor, text: str | None, dtype: torch.dtype) -> dict:
         """The settings as stored in the manifest and compared by ``resume``."""
         own = {key: value for key, value in asdict(self).items()
@@ -265,13 +274,8 @@ def _solve_layer(mod, st, b, j, name, cfg: CompressConfig, need_gram: bool):
     if W.device.type == "cpu":  # NumPy views: the solvers' numba row kernel applies to NumPy arrays
         W, kw = W.numpy(), {key: value.numpy() for key, value in kw.items()}
     try:
-        budget = {"ratio": cfg.ratio} if cfg.bits is None else {"bits": cfg.bits}
-        extra = {} if cfg.l_group is None else {"l_group": cfg.l_group}
-        res = slabopt.solve(W, **budget, rank=cfg.rank, method=cfg.solver,
-                            seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
-                            value_bits=cfg.value_bits, index_bits=cfg.index_bits, pattern=cfg.pattern,
-                            positions=cfg.positions, sparse_bits=cfg.sparse_bits, **extra, **kw,
-                            **cfg.options)
+        res = slabopt.solve(W, **cfg.solve_settings(), seed=layer_seed(cfg.seed, b, j), max_iter=cfg.max_iter,
+                            **kw)
     except (ValueError, TypeError) as exc:
         raise UserError(f"block {b} layer {name} {tuple(W.shape)}: {exc}") from None
     if cfg.bits is not None:
@@ -310,8 +314,7 @@ def _compress_block(block, b, prefix, inputs, calls, cfg: CompressConfig, need_g
         for j, (name, mod) in enumerate(lin.items()):
             if ranks[j] != d.rank:
                 continue
-            if pbar is not None:
-                pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
+            pbar.set_postfix_str(f"block {b} {name} ({j + 1}/{len(lin)})", refresh=True)
             res = _solve_layer(mod, stats[name], b, j, name, cfg, need_gram)
             new = SLaBLinear.from_result(res, bias=mod.bias, store_dtype=STORE_DTYPES[cfg.value_bits],
                                          compute_dtype=dtype).to(device)
@@ -440,6 +443,24 @@ def _commit_block(ck: Checkpoint, b: int, block, inputs: list, entries: list, se
         ck.save()
 
 
+def check_layer_settings(model, cfg: CompressConfig) -> None:
+    """Every setting checked against every target layer shape before any work
+    (:func:`slabopt.layer_budget`: the method's options, rank, ratio or bits, pattern, codes);
+    ``UserError`` naming the first layer that cannot take them."""
+    seen: set[tuple[int, int]] = set()
+    for b, block in enumerate(decoder_layers(model)):
+        prefix = block_prefix(model, b)
+        for name, mod in block_linears(block, prefix, cfg.targets, cfg.ignore).items():
+            shape = (int(mod.weight.shape[0]), int(mod.weight.shape[1]))
+            if shape in seen:
+                continue
+            seen.add(shape)
+            try:
+                slabopt.layer_budget(shape, **cfg.solve_settings())
+            except (ValueError, TypeError) as exc:
+                raise UserError(f"layer {prefix}{name} {shape}: {exc}") from None
+
+
 def _target_names(model, cfg: CompressConfig) -> set[str]:
     names = set()
     for b, block in enumerate(decoder_layers(model)):
@@ -483,6 +504,7 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
         out_dir = Path(out_dir)
         record = cfg.record(windows, text, next(model.parameters()).dtype)
         targets = _target_names(model, cfg)
+        check_layer_settings(model, cfg)
         if (cfg.refine_steps or cfg.allocation != "uniform") and d.active:
             raise UserError("--refine-steps and --allocation owl run in one process only; start compress "
                             "without torchrun")
@@ -545,60 +567,68 @@ def _block_ratios(model, inputs, calls, cfg: CompressConfig, dev, log) -> list[f
 
 def _compress_blocks(model, ck, start, inputs, calls, cfg, need_gram, dev, progress, log, on_block_done,
                      keep_in_memory, d: Dist = distributed.SINGLE, ratios: list | None = None):
+    """Blocks ``start`` … last, one after the other (:func:`_compress_one_block`), under one bar."""
     layers = decoder_layers(model)
-    pbar = None
-    if progress:
-        from tqdm import tqdm
-
-        budget = cfg.pattern if cfg.ratio is None else f"r={cfg.ratio}"
-        pbar = tqdm(total=len(layers), initial=start, desc=f"{cfg.method} {budget}", unit="block")
-    for b in range(start, len(layers)):
-        t0 = time.perf_counter()
-        block = layers[b].to(dev)
-        if cfg.refine_steps:
-            with d.step():
-                targets = _run_block(block, inputs, calls[b], dev)  # the dense block's outputs
-        cfg_b = cfg if ratios is None else replace(cfg, ratio=ratios[b])
-        entries = _compress_block(block, b, block_prefix(model, b), inputs, calls[b], cfg_b, need_gram,
-                                  dev, pbar, d)
-        if cfg.refine_steps:
-            with d.step():
-                fit = refine_block(block, inputs, calls[b], targets, dev, cfg.refine_steps)
-            del targets
-            for e in entries:
-                e["block_loss_before_refine"] = fit["loss_start"]
-                e["block_loss_after_refine"] = fit["loss_end"]
-            for mod in block.modules():
-                if isinstance(mod, SLaBLinear):
-                    mod.set_cache_weight(True)  # dense Ŵ again for the block's calibration forward
-        part = d.forward_share(len(inputs))
-        with d.step():
-            outs = _run_block(block, inputs[part], calls[b][part], dev)
-        inputs = d.all_gather_outputs(outs)
-        del outs
-        for mod in block.modules():
-            if isinstance(mod, SLaBLinear):
-                mod.set_cache_weight(False)  # memory stays near one model
-        block.to("cpu")
-        full = d.gather_inputs(inputs)  # rank 0: every window's inputs, to save for --resume
-        with d.step():
-            if d.main:
-                _commit_block(ck, b, block, full, entries, time.perf_counter() - t0)
-        del full
-        if not keep_in_memory:
-            block.to("meta")  # on disk now: its memory goes back
-        release_freed_memory()
-        for e in entries:
-            if d.main:
-                ck.log(_log_line(e))
-            if log:
-                log(_log_line(e))
-        if pbar is not None:
+    budget = cfg.pattern if cfg.ratio is None else f"r={cfg.ratio}"
+    pbar = console.progress_bar(total=len(layers), initial=start, desc=f"{cfg.method} {budget}", unit="block",
+                                enabled=progress)
+    try:
+        for b in range(start, len(layers)):
+            cfg_b = cfg if ratios is None else replace(cfg, ratio=ratios[b])
+            inputs = _compress_one_block(model, ck, b, inputs, calls[b], cfg_b, need_gram, dev, pbar, log,
+                                         keep_in_memory, d)
             pbar.update(1)
-        if on_block_done is not None:
-            on_block_done(b)
-    if pbar is not None:
+            if on_block_done is not None:
+                on_block_done(b)
+    finally:
         pbar.close()
+
+
+def _compress_one_block(model, ck, b, inputs, calls_b, cfg, need_gram, dev, pbar, log, keep_in_memory,
+                        d: Dist) -> list:
+    """Block b compressed (and refined), committed to ``ck`` and logged; returns its outputs, the
+    next block's inputs."""
+    t0 = time.perf_counter()
+    block = decoder_layers(model)[b].to(dev)
+    if cfg.refine_steps:
+        with d.step():
+            targets = _run_block(block, inputs, calls_b, dev)  # the dense block's outputs
+    entries = _compress_block(block, b, block_prefix(model, b), inputs, calls_b, cfg, need_gram, dev, pbar, d)
+    if cfg.refine_steps:
+        with d.step():
+            fit = refine_block(block, inputs, calls_b, targets, dev, cfg.refine_steps)
+        del targets
+        for e in entries:
+            e["block_loss_before_refine"] = fit["loss_start"]
+            e["block_loss_after_refine"] = fit["loss_end"]
+        _cache_weights(block, True)  # dense Ŵ again for the block's calibration forward
+    part = d.forward_share(len(inputs))
+    with d.step():
+        outs = _run_block(block, inputs[part], calls_b[part], dev)
+    inputs = d.all_gather_outputs(outs)
+    del outs
+    _cache_weights(block, False)  # memory stays near one model
+    block.to("cpu")
+    full = d.gather_inputs(inputs)  # rank 0: every window's inputs, to save for --resume
+    with d.step():
+        if d.main:
+            _commit_block(ck, b, block, full, entries, time.perf_counter() - t0)
+    del full
+    if not keep_in_memory:
+        block.to("meta")  # on disk now: its memory goes back
+    release_freed_memory()
+    for e in entries:
+        if d.main:
+            ck.log(_log_line(e))
+        if log:
+            log(_log_line(e))
+    return inputs
+
+
+def _cache_weights(block, on: bool) -> None:
+    for mod in block.modules():
+        if isinstance(mod, SLaBLinear):
+            mod.set_cache_weight(on)
 
 
 def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig, *,
@@ -620,6 +650,9 @@ def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig
         limit_heap_retention()  # freed buffers above 1 MiB go back to the system (see .allocator)
         if calib_file is not None:
             data.read_text_file(calib_file)  # a bad file fails before the slow model load
+        shell = data.empty_model(model)
+        if shell is not None:
+            check_layer_settings(shell, config)  # before the slow load
         net, tok, path = data.load_model(model, dtype)
         if calib_file is None:
             calib, text = data.token_splits(tok, path)[0], data.CALIB_TEXT

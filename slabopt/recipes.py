@@ -34,7 +34,8 @@ class Recipe:
     reason: str = ""
 
     def describe(self) -> str:
-        parts = [f"{k}={v}" for k, v in {**self.settings, **self.options}.items()]
+        parts = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                 for k, v in {**self.settings, **self.options}.items()]
         return f"{self.method} ({', '.join(parts)})"
 
 

@@ -449,3 +449,40 @@ def test_every_cli_option_says_its_default():
         for act in sp._actions:
             if act.option_strings and act.nargs != 0 and act.dest != "help" and not act.required:
                 assert act.help and "default" in act.help, (name, act.option_strings)
+
+
+# ------------------------------------------------------------- checks before any work
+@pytest.mark.parametrize("extra, needles", [
+    (["--rank", "100000"], ["rank"]),
+    (["--option", "no_such_option=1"], ["no_such_option", "its options are"]),
+    (["--method", "wanda", "--option", "variant=paper"], ["variant", "wanda"]),
+    (["--method", "slab", "--pattern", "2:4", "--ratio", "0.8", "--rank", "1"], ["2:4", "ratio 0.8"]),
+    (["--method", "slab_obs", "--bits", "1.2", "--rank", "1"], ["1.2 bits per weight", "(48, 48)"]),
+])
+def test_bad_settings_fail_before_the_model_is_loaded_or_the_folder_made(ckpt, tmp_path, capsys, monkeypatch,
+                                                                         extra, needles):
+    from slabopt.llm import data
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(data, "_load_weights", no_load)
+    out = tmp_path / "o"
+    code, _, err = _cli(_compress_args(ckpt, out, *extra), capsys)
+    _one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_layer_checks_name_the_shape(tmp_path):
+    with pytest.raises(UserError, match=r"q_proj \(48, 48\): rank"):
+        compress_model(tiny_model(layers=1), windows(), tmp_path / "o", **{**KW, "rank": 60})
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_corrected_command_then_runs(ckpt, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, _ = _cli(_compress_args(ckpt, out, "--rank", "100000"), capsys)
+    assert code != 0 and not out.exists()
+    code, _, err = _cli(_compress_args(ckpt, out, "--rank", "1"), capsys)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["complete"]
