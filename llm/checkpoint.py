@@ -3,7 +3,9 @@
 Layout (format ``slabopt-llm/2``)::
 
     manifest.json                  format, settings, source-model hashes, SHA-256 of every file, log
-    config.json, tokenizer files   the model's config and tokenizer (the folder loads on its own)
+    config.json, tokenizer files   the model's config and tokenizer (the folder loads on its own;
+                                   config.json also tells transformers' from_pretrained how, see
+                                   hf_integration.py)
     rest.safetensors               every weight that is not a compressed linear layer
     blocks/block_NNN.safetensors   the compressed linear layers of decoder block NNN
     resume/inputs_NNN.safetensors  (only while unfinished) the inputs of block NNN, for --resume
@@ -378,7 +380,8 @@ def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compres
         if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES))
     ck.announce(*names, *tok)
     save_file(state, str(ck.path(REST)), metadata={"format": "pt"})
-    ck.path(CONFIG).write_text(model.config.to_json_string(use_diff=True), encoding="utf-8")
+    ck.path(CONFIG).write_text(config_json(json.loads(model.config.to_json_string(use_diff=True))),
+                               encoding="utf-8")
     for name in tok:
         shutil.copyfile(Path(source_dir) / name, ck.path(name))
     for name in names + tok:
@@ -414,6 +417,9 @@ def _empty_model(folder: Path, dtype: torch.dtype) -> nn.Module:
 
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        for key in transformers_entries():  # the model in memory is not transformers' to save or load
+            if hasattr(config, key):
+                delattr(config, key)
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -483,10 +489,37 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, *, v
         raise UserError(f"{folder / REST} lacks weights the model needs: {', '.join(leftovers[:5])}")
     model.eval()
     model = model.to(device)
+    prepare_layers(model, fused)
+    from .hf_integration import attach_quantizer  # (imports transformers' model code)
+
+    attach_quantizer(model)  # save_pretrained then writes a folder from_pretrained reads back
+    release_freed_memory()  # the loading's temporaries, kept by glibc's heap otherwise
+    return model, man
+
+
+def prepare_layers(model: nn.Module, fused: bool = True) -> None:
+    """Switch every compressed layer of a loaded model to the fused forward (or, ``fused=False``, the
+    torch reference) and build the kernel's arrays now."""
     for mod in model.modules():
         if isinstance(mod, SLaBLinear):
             mod.use_fused = fused
             if fused and mod.prepare_fused():  # codes unpacked for the kernel: the packed ones are
                 page_out(mod.values)  # read again only to save, reconstruct or for the reference
-    release_freed_memory()  # the loading's temporaries, kept by glibc's heap otherwise
-    return model, man
+
+
+# ---------------------------------------------------------------- transformers' from_pretrained
+QUANT_METHOD = "slabopt"
+
+
+def transformers_entries() -> dict[str, Any]:
+    """The entries of an output folder's config.json through which transformers' ``from_pretrained``
+    loads it after ``import slabopt.llm`` (:mod:`.hf_integration`): the quantization method and the
+    folder's format, and ``rest.safetensors`` as the one weight file transformers reads itself."""
+    return {"quantization_config": {"quant_method": QUANT_METHOD, "format": FORMAT},
+            "transformers_weights": REST}
+
+
+def config_json(config: dict[str, Any]) -> str:
+    """config.json of an output folder: ``config`` (a model config as a dict) with
+    :func:`transformers_entries`, laid out as transformers writes its configs."""
+    return json.dumps({**config, **transformers_entries()}, indent=2, sort_keys=True) + "\n"

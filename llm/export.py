@@ -22,7 +22,12 @@ from .slablinear import SLaBLinear
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """Replace every :class:`SLaBLinear` in the decoder blocks by an ``nn.Linear`` of its Ŵ."""
+    """Replace every :class:`SLaBLinear` in the decoder blocks by an ``nn.Linear`` of its Ŵ; the
+    model is then a plain one (no slabopt quantizer, no ``quantization_config`` to save)."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     for block in decoder_layers(model):
         for name, mod in list(block.named_modules()):
             if isinstance(mod, SLaBLinear):

@@ -286,6 +286,7 @@ def test_export_loads_without_slabopt_classes_and_gives_the_same_logits(tmp_path
     names = {p.name for p in (tmp_path / "hf").iterdir()}
     assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    assert "quantization_config" not in (tmp_path / "hf" / "config.json").read_text()  # a plain model
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert not any(isinstance(m, SLaBLinear) for m in plain.modules())
     loaded, _ = load_compressed(out)
