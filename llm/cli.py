@@ -21,9 +21,10 @@ from .arch import DEFAULT_IGNORE
 from .data import DTYPES  # data.py sets the offline mode
 from .errors import UserError
 
-QUICK = dict(ratios=[0.5], methods=["magnitude", "wanda", "sparsegpt", "slab"], calib_tokens=2048,
-             seqlen=256, tokens=2048, max_iter=20)
-FULL = dict(ratios=[0.5, 0.6, 0.7], methods=["magnitude", "wanda", "sparsegpt", "oats", "slab"],
+# make run: the recommended recipe against the quantisers at two sizes where S + L ⊙ B is the recipe
+QUICK = dict(ratios=None, bits=[2.5, 3.25], methods=["rtn", "gptq", "recipe"], calib_tokens=2048, seqlen=256,
+             tokens=2048, max_iter=None)
+FULL = dict(ratios=[0.5, 0.6, 0.7], bits=None, methods=["magnitude", "wanda", "sparsegpt", "oats", "slab"],
             calib_tokens=16384, seqlen=1024, tokens=8192, max_iter=None)
 
 
@@ -323,15 +324,20 @@ def cmd_compare(args) -> int:
     preset = QUICK if args.quick else FULL
     pick = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in preset.items()}
     if ":" in args.pattern and args.ratios is None:
-        pick["ratios"] = [None]  # the N:M pattern fixes the sparse part
+        pick["ratios"], pick["bits"] = [None], args.bits  # the N:M pattern fixes the sparse part
     methods = tuple(pick["methods"])
     base = replace(_config(args, "slab", 0.5, dict(args.option or [])), max_iter=pick["max_iter"])
     for m in methods:
-        _config(args, m, 0.5, {}).check()
+        if m != "recipe":
+            _config(args, m, 0.5, {}).check()
     if args.bits and args.ratios:
         raise UserError("give --ratios or --bits, not both")
-    cs = CompareSettings(methods=methods, ratios=tuple(pick["ratios"]), base=base,
-                         bits=tuple(args.bits or ()),
+    if args.ratios is not None:
+        pick["bits"] = None
+    if "recipe" in methods and not pick["bits"]:
+        raise UserError("method 'recipe' is the recommended recipe at each size in bits: give --bits")
+    cs = CompareSettings(methods=methods, ratios=tuple(pick["ratios"] or ()), base=base,
+                         bits=tuple(pick["bits"] or ()),
                          work_dir=Path(args.work_dir or ("runs/quick" if args.quick else "runs/compare")),
                          plot=Path(args.plot) if args.plot else None, model=args.model,
                          calib_tokens=pick["calib_tokens"], seqlen=pick["seqlen"], tokens=pick["tokens"],

@@ -60,18 +60,34 @@ class CompareSettings:
                 "tasks": list(self.tasks), "limit": self.limit, "bits": list(self.bits)}
 
 
+RECIPE = "recipe"  # at each --bits, the method and settings slabopt.recipes recommends
+
+
 def is_quantiser(method: str) -> bool:
     """A method whose options (bits, group size) fix its bits, so it runs once, at no ratio."""
     from slabopt.registry import get_method
 
-    return get_method(solver_name(method)).quant_layout is not None
+    return method != RECIPE and get_method(solver_name(method)).quant_layout is not None
+
+
+def _recipe_at(bits: float, value_bits: int) -> tuple[str, dict, dict]:
+    """(method, config fields, options) of the recommended recipe at ``bits`` per weight on disk
+    (:func:`slabopt.recipes.recipe_for_bits`): S + L ⊙ B's settings below the crossover, the
+    quantiser's layout above it (with the ratio its cost is checked against)."""
+    from slabopt.recipes import recipe_for_bits
+
+    rec = recipe_for_bits(bits)
+    settings = dict(rec.settings)
+    if "bits" not in settings:
+        settings["ratio"] = 1 - bits / value_bits
+    return rec.method, {"ratio": None, **settings}, dict(rec.options)
 
 
 def split_options(methods: tuple[str, ...], options: dict) -> dict[str, dict]:
     """Per method, the solver options its solver accepts (compare runs several solvers at once)."""
     from slabopt.registry import get_method
 
-    accepted = {m: set(get_method(solver_name(m)).option_names()) for m in methods}
+    accepted = {m: set() if m == RECIPE else set(get_method(solver_name(m)).option_names()) for m in methods}
     unused = [k for k in options if not any(k in a for a in accepted.values())]
     if unused:
         raise UserError(f"option(s) {', '.join(unused)} accepted by none of the methods "
@@ -137,8 +153,11 @@ def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
     from dataclasses import replace
 
     options = cs.method_options.get(method, {})
-    fields = {"ratio": ratio}
-    if bits is not None:
+    fields, ran = {"ratio": ratio}, method
+    if method == RECIPE:
+        ran, fields, options = _recipe_at(bits, cs.base.value_bits)
+        fields["method"] = ran
+    elif bits is not None:
         fields, options = _at_bits(cs, method, bits, options)
     if bits is not None:
         budget = f"b{bits}"
@@ -148,7 +167,7 @@ def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
         budget = "q" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
     else:
         budget = cs.base.pattern.replace(":", "of")
-    cfg = replace(cs.base, method=method, options=options, **fields)
+    cfg = replace(cs.base, **{"method": method, **fields}, options=options)
     asked = f"ratio {ratio}" if bits is None else f"{bits} bits"
     if "sparse" not in get_method(cfg.solver).components:
         cfg = replace(cfg, sparse_bits=None)  # --sparse-bits codes S; methods without one ignore it
@@ -172,7 +191,7 @@ def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
     s = man["sizes"]
     console.notice(f"[compare] {method} {asked}: perplexity {ev['perplexity']:.3f} "
                    f"({man['compress_seconds']:.1f}s)")
-    return {"method": method, "ratio": ratio, "bits": bits,
+    return {"method": method, **({"recipe": ran} if method == RECIPE else {}), "ratio": ratio, "bits": bits,
             "bits_per_weight": cfg.value_bits * (1 - s["linear_disk_ratio"]), **ev,
             "budget_ratio": s["linear_budget_ratio"],
             "disk_bytes": s["linear_bytes_on_disk"], "disk_ratio": s["linear_disk_ratio"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
@@ -13,7 +14,7 @@ def _zero_shot_cell(r: dict, with_zero_shot: bool) -> str:
 
 
 def _dense_row(r: dict, zs: bool) -> str:
-    return (f"| dense | 0 | 0 | {r.get('dense16_bytes', 0):,} (16-bit) | 0 | {r['perplexity']:.3f} "
+    return (f"| dense | - | 16 | 0 | {r.get('dense16_bytes', 0):,} (16-bit) | 0 | {r['perplexity']:.3f} "
             f"| 1.000 |{_zero_shot_cell(r, zs)} - |")
 
 
@@ -21,9 +22,23 @@ def _method_row(r: dict, dense: float | None, zs: bool) -> str:
     rel = f"{r['perplexity'] / dense:.3f}" if dense else "-"
     requested = (f"{r['bits']} bits" if r.get("bits") is not None else
                  r["ratio"] if r["ratio"] is not None else "- (fixed)")
-    return (f"| {r['method']} | {requested} | {r['budget_ratio']:.4f} | {r['disk_bytes']:,} "
-            f"| {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} |{_zero_shot_cell(r, zs)} "
-            f"{r['seconds']:.1f} |")
+    name = f"{r['method']} ({r['recipe']})" if r.get("recipe") else r["method"]
+    return (f"| {name} | {requested} | {r['bits_per_weight']:.3f} | {r['budget_ratio']:.4f} | "
+            f"{r['disk_bytes']:,} | {r['disk_ratio']:.4f} | {r['perplexity']:.3f} | {rel} |"
+            f"{_zero_shot_cell(r, zs)} {r['seconds']:.1f} |")
+
+
+COLUMNS = (
+    "What the columns say: *requested* is the budget asked for (bits per weight on disk, or the ratio "
+    "of 16-bit storage to remove); *bits per weight* is what the compressed linear layers take in "
+    "their files, every code, mask, sign, scale and index counted (file headers included); *ratio "
+    "(budget)* is 1 − (bits the solver counted)/(16-bit dense bits); *linear bytes on disk* and "
+    "*ratio on disk* are the real files; *perplexity* is on the test windows named below (*× dense*: "
+    "against the dense row of this table, measured on the same windows, so it differs from numbers "
+    "measured on other windows); *compress time* is the whole compression, calibration included. "
+    "*recipe (M)* is what `slabopt compress --bits B` runs without `--method`: method M with the "
+    "settings the measured tables recommend at that size."
+)
 
 
 def caption(s: dict) -> str:
@@ -41,16 +56,16 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
     """Markdown table of the ``compare`` rows (dense first), with a caption of the settings."""
     zs = any("zero_shot_average" in r for r in rows)
     lines = [
-        "| method | ratio (requested) | ratio (budget, achieved) | linear bytes on disk | ratio on disk "
+        "| method | requested | bits per weight | ratio (budget) | linear bytes on disk | ratio on disk "
         f"| perplexity | × dense |{' zero-shot avg (acc) |' if zs else ''} compress time (s) |",
-        "|---|---|---|---|---|---|---|" + ("---|" if zs else "") + "---|",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if zs else "") + "---|",
     ]
     dense = next((r["perplexity"] for r in rows if r["method"] == "dense"), None)
     lines += [_dense_row(r, zs) if r["method"] == "dense" else _method_row(r, dense, zs) for r in rows]
     tasks = settings.get("tasks") or []
     note = (f" Zero-shot: lm-eval on the shipped validation splits of {', '.join(tasks)}, first "
             f"{settings.get('limit') or 'all'} documents each; the average is of acc." if zs else "")
-    return "\n".join([*lines, "", caption(settings) + note])
+    return "\n".join([*lines, "", caption(settings) + note, "", COLUMNS])
 
 
 def _x(r: dict, by_bits: bool) -> float:
@@ -88,7 +103,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     _panel(axes[0][0], rows, "perplexity", "test perplexity (log scale)", log=True)
     if zs:
         _panel(axes[0][1], rows, "zero_shot_average", "zero-shot average accuracy", log=False)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -168,3 +168,36 @@ def test_cli_warns_before_a_collapsing_recipe(tmp_path, capsys):
     assert code == 0, captured.err
     lines = [ln for ln in captured.err.splitlines() if ln.startswith("warning:")]
     assert len(lines) == 1 and "collapses" in lines[0] and "--bits" in lines[0]
+
+
+def test_compare_recipe_takes_the_recommended_method_at_each_size(tmp_path, capsys):
+    """compare --methods recipe: at each --bits the recipe of slabopt.recipes (slab_obs with rank 1,
+    its q and Rice positions below the crossover, GPTQ's layout above), labelled with what it ran;
+    the table explains its columns."""
+    from slabopt.recipes import CROSSOVER_BITS
+
+    from ._llm import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    work = tmp_path / "w"
+    high = 6.0  # the quantiser of the recipe at 6 bits fits the tiny 48-column layers
+    assert high > CROSSOVER_BITS
+    code = cli.main(["compare", "--model", str(ckpt), "--bits", "2.5", str(high), "--methods", "recipe",
+                     "--calib-tokens", "32", "--seqlen", "16", "--tokens", "32", "--max-iter", "1",
+                     "--work-dir", str(work), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = {r["bits"]: r for r in json.loads((work / "results.json").read_text())["rows"] if r.get("bits")}
+    assert rows[2.5]["method"] == "recipe" and rows[2.5]["recipe"] == "slab_obs"
+    assert rows[high]["recipe"] == "gptq"
+    low = next(f for f in work.iterdir() if f.is_dir() and "-b2.5" in f.name)
+    st = json.loads((low / "manifest.json").read_text())["settings"]
+    assert (st["method"], st["rank"], st["sparse_bits"], st["positions"]) == ("slab_obs", 1, 3, "rice")
+    md = (work / "results.md").read_text()
+    assert "| recipe (slab_obs) |" in md and "What the columns say" in md
+
+
+def test_compare_quick_runs_the_recipe():
+    from slabopt.llm.cli import QUICK
+
+    assert "recipe" in QUICK["methods"] and QUICK["bits"]
