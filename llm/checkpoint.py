@@ -365,13 +365,27 @@ def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b for n, b in model.named_buffers() if n not in persistent}
 
 
-def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compressed: set[str]) -> list[str]:
-    """Every weight that is not a compressed linear layer (non-persistent buffers included, so that
-    every architecture's rotary tables load as they were), the config and the tokenizer files."""
+def source_dtype(source_dir: Path | None) -> str | None:
+    """The dtype a checkpoint folder declares for its weights (config.json ``dtype`` or
+    ``torch_dtype``: "bfloat16", "float16", "float32"), ``None`` when it declares none."""
+    if source_dir is None or not (Path(source_dir) / CONFIG).is_file():
+        return None
+    config = json.loads((Path(source_dir) / CONFIG).read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype")
+    return name if name in ("bfloat16", "float16", "float32") else None
+
+
+def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compressed: set[str],
+              dtype: str | None = None) -> list[str]:
+    """Every weight that is not a compressed linear layer, its floating-point ones in ``dtype``
+    (``None``: as in memory), non-persistent buffers included as they are (so that every
+    architecture's rotary tables load as they were), the config and the tokenizer files."""
     skip = tuple(name + "." for name in compressed)
     tied = getattr(model.config, "tie_word_embeddings", False)
     state = {k: v for k, v in model.state_dict().items()
              if not k.startswith(skip) and not (tied and k == "lm_head.weight")}
+    if dtype is not None:
+        state = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
     state.update(_non_persistent_buffers(model))
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     names = [REST, CONFIG]

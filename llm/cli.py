@@ -113,7 +113,9 @@ def _config(args, method: str, ratio: float | None, options: dict, bits: float |
                                                               args.pattern == "row" else "bitmask")
     sparse = chosen["sparse_bits"] if "sparse_bits" in chosen and args.sparse_bits is RECIPE else \
         _sparse_bits(args, method)
-    return CompressConfig(method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
+    rest = getattr(args, "rest_dtype", "source")
+    return CompressConfig(rest_dtype=None if rest == "source" else rest,
+                          method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
                           value_bits=args.value_bits, pattern=args.pattern, positions=positions,
                           sparse_bits=sparse, refine_steps=args.refine_steps,
                           allocation=args.allocation, options=options, targets=args.targets,
@@ -222,12 +224,30 @@ def cmd_compress(args) -> int:
           f"{value_bits}-bit values ({100 * s['linear_disk_ratio']:.1f}% removed on disk; budget ratio "
           f"{s['linear_budget_ratio']:.4f}); compression {man['compress_seconds']:.1f}s; "
           f"per-layer log: {out / 'layers.log'}")
+    print(_folder_line(out))
     return 0
+
+
+def _folder_line(out: Path) -> str:
+    """The whole folder against the source checkpoint's files (``slabopt info`` has the rest)."""
+    from .checkpoint import source_dtype
+    from .info import folder_info
+
+    info = folder_info(out, verify=False)
+    source = info["source_bytes"]
+    smaller = None if source is None else 100 * (1 - info["folder_bytes"] / source)
+    against = "" if source is None else \
+        f" vs {source:,} bytes of the source checkpoint ({smaller:.1f}% smaller)"
+    rest = info["settings"].get("rest_dtype") or source_dtype(Path(info["source"].get("path", ""))) or \
+        info["settings"].get("model_dtype")
+    return (f"  whole folder: {info['folder_bytes']:,} bytes{against}; the rest of the model in {rest} "
+            f"({info['rest_bytes'] or 0:,} bytes); details: slabopt info {out}")
 
 
 def _summary_line(method: str, options: dict, ratio, bits, args, man: dict, out: Path) -> str:
     """"compressed METHOD (its options) [ratio R | at B bits][, pattern P][, rank r]: X bits per weight
-    -> OUT", naming only what the method stores (no rank for a quantiser, no pattern without S)."""
+    counted -> OUT" (X: the bits the solvers counted, every stored part; the files add their headers),
+    naming only what the method stores (no rank for a quantiser, no pattern without S)."""
     from slabopt.registry import get_method
 
     from .pipeline import solver_name
@@ -240,7 +260,7 @@ def _summary_line(method: str, options: dict, ratio, bits, args, man: dict, out:
         f", rank {args.rank}" if "lowrank" in parts else "")
     weights = sum(e["shape"][0] * e["shape"][1] for e in man["layers"])
     per_weight = sum(e["bits"] for e in man["layers"]) / max(weights, 1)
-    return f"compressed {method}{opts}{budget}{shape}: {per_weight:.4g} bits per weight -> {out}"
+    return f"compressed {method}{opts}{budget}{shape}: {per_weight:.4g} bits per weight counted -> {out}"
 
 
 def cmd_eval(args) -> int:
@@ -460,6 +480,10 @@ def _compress_parser(sub) -> None:
     c = sub.add_parser("compress", help="compress every decoder linear layer and save the folder")
     _quiet_arg(c)
     _common(c)
+    c.add_argument("--rest-dtype", default="source", choices=("source", *DTYPES),
+                   help="dtype in the folder of the weights that are not compressed (embeddings, norms, "
+                        "head): the source checkpoint's own (its config.json), or the one named "
+                        "(default: %(default)s)")
     c.add_argument("--method", default=None,
                    help="slab (= alternating) or any registered method (default: slab; with --bits the "
                         "recommended method for that size, which compress names)")

@@ -56,6 +56,7 @@ from .checkpoint import (
     save_block,
     save_rest,
     size_report,
+    source_dtype,
     source_fingerprint,
     verify_files,
 )
@@ -73,7 +74,8 @@ def is_nm_pattern(pattern: str) -> bool:
     except (ValueError, TypeError):
         return False  # reported by the pattern check
 STORE_DTYPES = {16: torch.float16, 32: torch.float32}
-NEWER_SETTINGS = ("bits", "l_group")  # recorded only when set, so folders made before them still resume
+# recorded only when set, so folders made before them still resume
+NEWER_SETTINGS = ("bits", "l_group", "rest_dtype")
 
 
 class ResumeMismatch(UserError):
@@ -102,7 +104,8 @@ class CompressConfig:
     the same total (:mod:`.allocation`); "uniform" gives every layer ``ratio``. ``bits`` (instead of
     ``ratio``) is the budget in bits per weight on disk, every stored bit counted
     (``slabopt.solve(bits=)``); ``l_group`` stores L per group of that many input columns
-    (docs/formulation.md §2.5).
+    (docs/formulation.md §2.5). ``rest_dtype`` is the dtype of the weights that are not compressed
+    (embeddings, norms, the head) in the folder; ``None``: the source checkpoint's own.
     """
 
     method: str = "slab"
@@ -122,6 +125,7 @@ class CompressConfig:
     ignore: str | None = DEFAULT_IGNORE
     bits: float | None = None
     l_group: int | None = None
+    rest_dtype: str | None = None
 
     @property
     def solver(self) -> str:
@@ -526,7 +530,7 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
     inputs = _restore(model, out_dir, start, inputs, keep_in_memory, d)
     with d.step():
         if d.main and start == 0 and REST not in ck.files:
-            save_rest(ck, model, source_dir, targets)
+            save_rest(ck, model, source_dir, targets, cfg.rest_dtype or source_dtype(source_dir))
         elif log:
             log(f"resuming {out_dir} at block {start}/{len(layers)}")
     _compress_blocks(model, ck, start, inputs, calls, cfg, info.needs_gram, dev, progress, log,

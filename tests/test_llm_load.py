@@ -40,3 +40,36 @@ def test_compress_says_how_many_calibration_tokens_it_used(tmp_path, capsys):
     assert cli.main([*args, "--rank", "1", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "calibration: 32 tokens in 2 windows of 16 (--calib-tokens 20 rounded up to whole windows)" in out
+
+
+# ----------------------------------------------------------- the rest of the model, its dtype
+def _bf16_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ._llm import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt32")
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "ckpt16")
+    for f in ckpt.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            (tmp_path / "ckpt16" / f.name).write_bytes(f.read_bytes())
+    return tmp_path / "ckpt16"
+
+
+@pytest.mark.parametrize("asked, stored", [(None, torch.bfloat16), ("float32", torch.float32)])
+def test_the_rest_is_stored_in_the_sources_dtype_unless_told(tmp_path, capsys, asked, stored):
+    from safetensors import safe_open
+
+    src = _bf16_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    extra = [] if asked is None else ["--rest-dtype", asked]
+    assert cli.main(["compress", "--model", str(src), "--calib-tokens", "32", "--seqlen", "16", "--max-iter",
+                     "1", "--rank", "1", "--out", str(out), "-q", *extra]) == 0
+    summary = capsys.readouterr().out
+    with safe_open(str(out / "rest.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if "rotary" not in k and "inv_freq" not in k}
+    assert dtypes == {stored}
+    assert "whole folder" in summary and "source checkpoint" in summary
+    model, _ = slabopt.llm.load_compressed(out)
+    assert next(model.parameters()).dtype == torch.float32
