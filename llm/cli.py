@@ -44,6 +44,7 @@ def _arg_type(check: Callable, name: str, *bounds) -> Callable[[str], object]:
 RATIO = _arg_type(check_ratio, "ratio")
 NONNEG = _arg_type(check_int, "value", 0)
 POSITIVE = _arg_type(check_int, "value", 1)
+NON_NEGATIVE = _arg_type(check_int, "value", 0)
 _SPARSE_Q = _arg_type(check_int, "sparse bits", 2, 8)
 
 
@@ -140,14 +141,24 @@ def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dic
         rec = None if args.method is not None or on_disk is None else default_recipe_for_ratio(on_disk)
         if rec is None:
             return method, ratio, None, options, None
+        _recipe_keeps_pattern(args)
         console.notice(f"--ratio {ratio} is {on_disk:g} bits per weight on disk: using {rec.describe()}: "
                        f"{rec.reason}")
         return _from_recipe(rec, on_disk, args.value_bits, options)
     if method is not None:
         return method, None, args.bits, options, None
+    _recipe_keeps_pattern(args)
     rec = recipe_for_bits(args.bits)
     console.notice(f"--bits {args.bits}: using {rec.describe()}: {rec.reason}")
     return _from_recipe(rec, args.bits, args.value_bits, options)
+
+
+def _recipe_keeps_pattern(args) -> None:
+    """The size recipes keep S in rows (or store quantiser codes): an N:M ``--pattern`` needs a
+    ``--method`` that takes it, rather than being dropped."""
+    if args.pattern != "row":
+        raise UserError(f"--pattern {args.pattern} with a size and no --method: the recommended recipes keep "
+                        "S by rows; add --method (e.g. --method slab) to compress with the pattern")
 
 
 def on_disk_bits(ratio: float, value_bits: int, positions: str) -> float:
@@ -277,14 +288,18 @@ def cmd_eval(args) -> int:
 
         read_text_file(args.eval_file)  # a bad file fails before the slow model load
     tasks = _tasks(args.tasks)
+    if args.tokens == 0 and not tasks:
+        raise UserError("--tokens 0 scores no perplexity: give --tasks for a zero-shot-only evaluation")
     bars = not (args.json or args.quiet)
     model, tok, path, info = load_target(args.target, args.model, args.dtype, resolve_device(args.device),
                                          verify=not args.no_verify)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        res = evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=bars,
-                             eval_file=args.eval_file)
-    res.update(info, eval_seconds=time.perf_counter() - t0)
+    res = dict(info)
+    if args.tokens:
+        with torch.no_grad():
+            res.update(evaluate_model(model, tok, path, args.tokens, args.seqlen, progress=bars,
+                                      eval_file=args.eval_file), **info)
+        res["eval_seconds"] = time.perf_counter() - t0
     if tasks:
         from .zeroshot import zero_shot
 
@@ -293,9 +308,10 @@ def cmd_eval(args) -> int:
                              progress=bars), zero_shot_seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(res, default=str))
-    else:
+    elif args.tokens:
         print(f"perplexity {res['perplexity']:.4f}  ({res['windows']} windows x {res['seqlen']} tokens"
               f"{', each starting with BOS' if res['bos'] else ''} of {res['text']}; {info.get('method')})")
+    if not args.json:
         for name, t in res.get("tasks", {}).items():
             norm = "-" if t["acc_norm"] is None else f"{t['acc_norm']:.4f}"
             print(f"{name:14s} acc {t['acc']:.4f}  acc_norm {norm}  ({t['n']} documents, {t['split']})")
@@ -526,8 +542,9 @@ def _eval_parser(sub) -> None:
     _quiet_arg(e)
     _common(e)
     e.add_argument("target", help="folder written by `slabopt compress`, or 'dense'")
-    e.add_argument("--tokens", type=POSITIVE, default=4096, metavar="N",
-                   help="test tokens scored, in whole windows of --seqlen (default: %(default)s)")
+    e.add_argument("--tokens", type=NON_NEGATIVE, default=4096, metavar="N",
+                   help="test tokens scored, in whole windows of --seqlen; 0 with --tasks: zero-shot "
+                        "only (default: %(default)s)")
     e.add_argument("--seqlen", type=POSITIVE, default=1024, metavar="N",
                    help="tokens per test window (default: %(default)s)")
     e.add_argument("--eval-file", default=None, metavar="PATH",

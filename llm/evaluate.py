@@ -94,6 +94,9 @@ def load_target(target: str, model: str | None, dtype: str, device, verify: bool
     path = Path(target)
     if not path.exists():
         raise UserError(f"{path} does not exist (give a folder written by `slabopt compress`, or 'dense')")
+    if not (path / "manifest.json").exists() and (path / "config.json").is_file():
+        raise UserError(f"{path} is a plain Hugging Face checkpoint (e.g. one `slabopt export` wrote), not a "
+                        f"folder of `slabopt compress`; evaluate it with `slabopt eval dense --model {path}`")
     net, man = load_compressed(path, getattr(torch, dtype), verify=verify, device=device)
     tok = saved_tokenizer(path)
     st = man["settings"]

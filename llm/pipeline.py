@@ -518,8 +518,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
         ck = _open(out_dir, record, source, source_dir, model, resume, overwrite) if d.main else None
     state = d.broadcast_object(ck and {k: ck.manifest[k] for k in ("complete", "next_block")})
     if state["complete"]:
-        if log:
-            log(f"{out_dir} is already complete; nothing to do")
+        if d.main:
+            console.notice(f"{out_dir} is already complete; nothing to do")
         return d.broadcast_object(ck and ck.manifest)
     layers = decoder_layers(model)
     inputs, calls = capture_calls(model, windows)
@@ -531,8 +531,8 @@ def compress_model(model, windows: torch.Tensor, out_dir: Path, config: Compress
     with d.step():
         if d.main and start == 0 and REST not in ck.files:
             save_rest(ck, model, source_dir, targets, cfg.rest_dtype or source_dtype(source_dir))
-        elif log:
-            log(f"resuming {out_dir} at block {start}/{len(layers)}")
+        elif d.main:
+            console.notice(f"resuming {out_dir} at block {start} of {len(layers)}")
     _compress_blocks(model, ck, start, inputs, calls, cfg, info.needs_gram, dev, progress, log,
                      on_block_done, keep_in_memory, d, ratios)
     with d.step():

@@ -699,3 +699,30 @@ def test_cli_positions_choices(tmp_path, capsys):
         cli.main(["compress", "--positions", "csr", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
     assert "invalid choice: 'csr'" in capsys.readouterr().err
+
+
+def test_cli_eval_zero_shot_alone(tmp_path, capsys):
+    """--tokens 0 skips the perplexity: zero-shot only."""
+    pytest.importorskip("lm_eval")
+    from slabopt.llm.zeroshot import data_dir
+
+    try:
+        data_dir()
+    except UserError as exc:
+        pytest.skip(str(exc))
+    ckpt = save_checkpoint(tmp_path / "long", max_positions=2048)
+    code, so, err = _run_cli(["eval", "dense", "--model", str(ckpt), "--tokens", "0", "--tasks", "piqa",
+                              "--limit", "2", "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(so)
+    assert "perplexity" not in res and res["tasks"]["piqa"]["n"] == 2
+
+
+def test_cli_eval_tokens_zero_needs_tasks(tmp_path, capsys):
+    code, _, err = _run_cli(["eval", "dense", "--tokens", "0"], capsys)
+    assert code == 2 and "--tasks" in err and "Traceback" not in err
+
+
+def test_cli_eval_of_a_plain_checkpoint_points_to_eval_dense(tiny_checkpoint, tmp_path, capsys):
+    code, _, err = _run_cli(["eval", str(tiny_checkpoint)], capsys)
+    assert code == 2 and f"slabopt eval dense --model {tiny_checkpoint}" in err

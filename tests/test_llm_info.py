@@ -90,3 +90,22 @@ def test_info_of_an_unfinished_folder_says_where_it_stopped(ckpt, tmp_path, monk
 def test_info_of_a_folder_slabopt_did_not_write(tmp_path, capsys):
     code, _, err = _info(capsys, tmp_path)
     assert code == 2 and "not a slabopt output folder" in err
+
+
+def test_resume_says_where_it_resumes(ckpt, tmp_path, monkeypatch, capsys):
+    original = pipeline._solve_layer
+
+    def stop(mod, st, b, *a, **k):
+        if b == 1:
+            raise KeyboardInterrupt
+        return original(mod, st, b, *a, **k)
+
+    out = tmp_path / "o"
+    monkeypatch.setattr(pipeline, "_solve_layer", stop)
+    assert cli.main(["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16",
+                     "--max-iter", "1", "--rank", "1", "--out", str(out)]) == 130
+    monkeypatch.setattr(pipeline, "_solve_layer", original)
+    capsys.readouterr()
+    assert cli.main(["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16",
+                     "--max-iter", "1", "--rank", "1", "--out", str(out), "--resume"]) == 0
+    assert f"resuming {out} at block 1 of 2" in capsys.readouterr().out

@@ -201,3 +201,13 @@ def test_compare_quick_runs_the_recipe():
     from slabopt.llm.cli import QUICK
 
     assert "recipe" in QUICK["methods"] and QUICK["bits"]
+
+
+def test_a_pattern_without_method_is_not_dropped_by_the_recipe(tmp_path, capsys):
+    """The size recipes store row-pattern S or quantiser codes: --pattern N:M with --bits (or a small
+    --ratio) and no --method is refused in one line, before any work, instead of dropping the pattern."""
+    base = quick_compress_args(tmp_path)
+    code = cli.main([*base, "--bits", "6", "--pattern", "2:4", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pattern 2:4" in err and "--method" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
