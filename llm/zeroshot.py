@@ -149,11 +149,16 @@ def summarise(name: str, results: dict[str, Any]) -> dict[str, Any]:
 
 def run_task(lm, name: str, limit: int | None = None) -> dict[str, Any]:
     """Score one task with ``lm_eval.simple_evaluate`` (0-shot) and return :func:`summarise`."""
-    from lm_eval import simple_evaluate
+    from lm_eval import evaluator, simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    results = simple_evaluate(model=lm, tasks=[make_task(name, limit)], limit=limit, bootstrap_iters=0,
-                              log_samples=False, task_manager=TaskManager(include_defaults=False))
+    asks_git = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = lambda: None  # lm-eval's run metadata: no `git` call, no "fatal:"
+    try:
+        results = simple_evaluate(model=lm, tasks=[make_task(name, limit)], limit=limit, bootstrap_iters=0,
+                                  log_samples=False, task_manager=TaskManager(include_defaults=False))
+    finally:
+        evaluator.get_git_commit_hash = asks_git
     return summarise(name, results)
 
 

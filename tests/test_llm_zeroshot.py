@@ -141,3 +141,12 @@ def test_lm_eval_matches_independent_transcription(tiny, name, limit):
     assert got["acc"] == pytest.approx(want["acc"])
     if got["acc_norm"] is not None:
         assert got["acc_norm"] == pytest.approx(want["acc_norm"])
+
+
+def test_outside_a_git_checkout_nothing_is_printed_about_git(tiny, tmp_path, monkeypatch, capfd):
+    """lm-eval asks git for a commit hash of the working folder; outside a checkout git's "fatal:"
+    line must not reach the user."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    zeroshot.zero_shot(*tiny, "piqa", limit=1, batch_size=1, progress=False)
+    assert "not a git repository" not in capfd.readouterr().err
