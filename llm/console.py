@@ -19,11 +19,12 @@ _QUIET = False
 
 
 def set_quiet(quiet: bool) -> None:
-    """``--quiet``: no bars and no notices from here on (errors and results are still printed);
-    the bars of transformers and the Hub are switched off as well."""
+    """``--quiet``: no bars and no notices from here on (errors and results are still printed).
+    The bars of transformers and the Hub ("Loading weights", "Writing model shards") follow the
+    same rule as ours: off with ``--quiet`` and when standard error is not a terminal (a log)."""
     global _QUIET
     _QUIET = bool(quiet)
-    if quiet:
+    if not bars_shown():
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         try:
             from transformers.utils import logging as hf_logging

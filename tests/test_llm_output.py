@@ -85,3 +85,10 @@ def test_every_command_takes_quiet(command):
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
     assert "--quiet" in sub.choices[command].format_help()
+
+
+def test_into_a_log_transformers_draws_no_bars(ckpt, tmp_path, capfd):
+    """stderr not a terminal: neither our bars nor transformers' ("Loading weights") reach the log."""
+    assert cli.main(_args(ckpt, tmp_path / "o")) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err
