@@ -50,6 +50,7 @@ def module_entries() -> collections.Counter:
     """Calls entering each ``llm/`` module during ``slabopt compress`` of a tiny checkpoint."""
     sys.path.insert(0, str(REPO))
     from slabopt.llm import cli
+
     from tests._llm import save_checkpoint
 
     counts: collections.Counter = collections.Counter()
@@ -63,8 +64,8 @@ def module_entries() -> collections.Counter:
         ckpt = save_checkpoint(Path(tmp) / "ckpt")
         sys.setprofile(profile)
         try:
-            cli.main(["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16", "--rank", "1",
-                      "--out", str(Path(tmp) / "out"), "-q"])
+            cli.main(["compress", "--model", str(ckpt), "--calib-tokens", "32", "--seqlen", "16",
+                      "--rank", "1", "--out", str(Path(tmp) / "out"), "-q"])
         finally:
             sys.setprofile(None)
     return counts

@@ -164,6 +164,9 @@ def points() -> dict[str, tuple[str, dict]]:
         pts[f"alternating {target} (q{q}, rice)"] = ("alternating", dict(bits=target, rank=1, sparse_bits=q))
     for target, q in ((4.0, 3), (5.05, 4), (6.05, 5), (8.05, 7)):  # at GPTQ's per-channel sizes, S ≈ dense
         pts[f"slab_obs {target} (q{q})"] = ("slab_obs", dict(bits=target, rank=1, sparse_bits=q))
+    for target, q in ((5.15, 4), (6.15, 5), (8.15, 7)):  # S on every entry of every layer: L aligned
+        pts[f"slab_obs {target} (q{q}, dense S, aligned L)"] = ("slab_obs", dict(bits=target, rank=1,
+                                                                               sparse_bits=q))
     pts["billm"] = ("billm", dict(ratio=None))
     pts["arb"] = ("arb", dict(ratio=None))
     return pts

@@ -57,7 +57,8 @@ def points() -> list[dict]:
             obs(2.5, options={"fill": False}, note=", no fill"),
             obs(3.25, options={"fill": False}, note=", no fill"),
             obs(2.5, options={"feedback": False, "refit": 0, "fill": False}, note=", no feedback"),
-            obs(3.0), obs(1.5), obs(2.5, ("--l-group", "128"), note=", L per 128 columns")]
+            obs(3.0), obs(1.5), obs(2.5, ("--l-group", "128"), note=", L per 128 columns"),
+            obs(5.15, q=4, note=" (q4, dense S, aligned L)")]
     return pts
 
 

@@ -175,6 +175,25 @@ def _start(W: np.ndarray, d: np.ndarray, hdiag: np.ndarray, rank: int, grouped: 
     return st
 
 
+def grid_scales(W: np.ndarray, d2: np.ndarray, bits: int, value_bits: int) -> np.ndarray:
+    """σ (m×1, rounded to the stored precision) of least Σ_j d_j² (w_ij − σ_i·clamp(round(w_ij/σ_i),
+    −2^(b−1), 2^(b−1) − 1))²: the symmetric uniform b-bit grid of each row, by the weighted search
+    over shrinks of max_j |w_ij| / 2^(b−1) that the codes of S use
+    (:func:`slabopt.sparse_codes.fit_row_scales` on the grid c − 2^(b−1), c ∈ {0 … 2^b − 1})."""
+    return fit_row_scales(W, np.broadcast_to(d2, W.shape), bits, value_bits)
+
+
+def _align(st: _State, W: np.ndarray, d: np.ndarray, q: int, value_bits: int) -> np.ndarray:
+    """L of S's grid when S keeps every entry: l_ij = 2^(q−1)·σ_i (U = 2^(q−1)σ, V = 1), so that
+    l·b + σ·(c − 2^(q−1)) runs over the uniform (q+1)-bit grid σ_i·{−2^q … 2^q − 1} (b = +1: the
+    non-negative half, b = −1: the negative one); returns σ, the row scales of S's codes."""
+    sigma = grid_scales(W, d * d, q + 1, value_bits)
+    st.U[:, 0] = 2.0 ** (q - 1) * sigma[:, 0]
+    st.V[:, 0] = 1.0
+    st.L[:] = st.U[:, :1] * st.V[:, 0]
+    return sigma
+
+
 def _code_units(st: _State, code_scale: str) -> np.ndarray:
     """u_ij, the unit the scale of row i multiplies for entry (i, j): 1 (``code_scale="row"``),
     or |l_ij| (``"lowrank"``: the codes of S in units of L itself)."""
@@ -216,12 +235,19 @@ def _round_entries(w: np.ndarray, base: np.ndarray, kept: np.ndarray, scale: np.
 
 
 def _column(st: _State, w: np.ndarray, c: int, tau: np.ndarray | None, q: int | None, store: type,
-            code_scale: str) -> np.ndarray:
-    """Step 4 for column c with current weights w: records B, the codes and S; returns ŵ."""
+            code_scale: str, joint: bool = False) -> np.ndarray:
+    """Step 4 for column c with current weights w: records B, the codes and S; returns ŵ. With
+    ``joint`` each kept entry takes the sign whose grid has the nearer point (b and the code chosen
+    together: the nearest point of the union of both halves), else b = sign(w)."""
     positive = w >= 0
-    base = np.where(positive, st.L[:, c], -st.L[:, c])
     scale = None if tau is None else tau[:, 0] * (1.0 if code_scale == "row" else np.abs(st.L[:, c]))
+    base = np.where(positive, st.L[:, c], -st.L[:, c])
     w_hat, codes = _round_entries(w, base, st.mask[:, c], scale, q, store)
+    if joint:
+        alt, alt_codes = _round_entries(w, -base, st.mask[:, c], scale, q, store)
+        flip = st.mask[:, c] & (np.abs(w - alt) < np.abs(w - w_hat))
+        positive, base = positive ^ flip, np.where(flip, -base, base)
+        w_hat, codes = np.where(flip, alt, w_hat), np.where(flip, alt_codes, codes)
     st.positive[:, c], st.codes[:, c], st.S[:, c] = positive, codes, w_hat - base
     return w_hat
 
@@ -245,7 +271,8 @@ def _sweep(W: np.ndarray, Hinv: np.ndarray, st: _State, d: np.ndarray, grouped: 
     grouped_lowrank=True,
 )
 def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, spread: str = "even",
-             code_scale: str = "row", refit: int = 1, fill: bool = True) -> Decomposition:
+             code_scale: str = "row", refit: int = 1, fill: bool = True,
+             align: bool | None = None) -> Decomposition:
     """S + L ⊙ B column block by column block with error feedback (module docstring).
 
     The budget fixes the rank r, the kept entries per row k, the group size of L (``l_group``; the
@@ -256,7 +283,10 @@ def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, s
     or τ_i·|l_ij| ("lowrank"); either way one b-bit τ per row is stored. ``refit``: rounds of the
     exact least-squares refit of L's factors and the scales of S under g (rank 1, ``code_scale="row"``;
     :mod:`slabopt.solvers.scale_refit`). ``fill``: after the sweep, spend the bits the positions'
-    bound charged beyond their exact code on more entries of S (:mod:`slabopt.solvers.slack_fill`)."""
+    bound charged beyond their exact code on more entries of S (:mod:`slabopt.solvers.slack_fill`).
+    ``align`` (default ``None``: exactly when S keeps every entry, at rank 1 with one L and coded S):
+    L starts as 2^(q−1)·σ (:func:`_align`), so that S + L ⊙ B is the uniform (q+1)-bit grid of each
+    row, and each entry takes its sign and code together (the nearest grid point)."""
     bud = problem.budget
     spread = check_choice("spread", spread, ("even", "adaptive"))
     code_scale = check_choice("code_scale", code_scale, ("row", "lowrank"))
@@ -271,11 +301,13 @@ def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, s
     Hinv = upper_cholesky_of_inverse(H, via_cholesky=True)
     W0 = W.copy()
     st = _start(W, d, np.diag(Hinv), bud.rank, grouped, blocks, k, spread)
-    tau = _row_scales(W, st, d, k, q, bud.value_bits, code_scale)
+    aligned = _aligns(align, k, W.shape[1], q, bud.rank, grouped, code_scale)
+    tau = (_align(st, W, d, q, bud.value_bits) if aligned
+           else _row_scales(W, st, d, k, q, bud.value_bits, code_scale))
     store = np.float16 if bud.value_bits <= 16 else np.float32
 
     def column(w: np.ndarray, c: int) -> np.ndarray:
-        return _column(st, w, c, tau, q, store, code_scale)
+        return _column(st, w, c, tau, q, store, code_scale, joint=aligned)
 
     if feedback:
         _sweep(W, Hinv, st, d, grouped, blocks, column)
@@ -288,6 +320,17 @@ def slab_obs(problem: Problem, *, blocksize: int = 128, feedback: bool = True, s
     if refit and bud.rank == 1 and code_scale == "row":
         tau = _refit(st, W0, H, blocks if grouped else [slice(0, W.shape[1])], tau, refit)
     return _decomposition(problem, st, tau, q, k)
+
+
+def _aligns(align: bool | None, k: int, n: int, q: int | None, rank: int, grouped: bool,
+            code_scale: str) -> bool:
+    """Whether L is aligned to S's grid (``align=None``: exactly when S keeps every entry and the
+    alignment applies: coded S, rank 1, one L, row scales)."""
+    applies = q is not None and rank == 1 and not grouped and code_scale == "row"
+    if align and not applies:
+        raise ValueError("align=True needs coded S (sparse_bits), rank 1, one L (no l_group) and "
+                         'code_scale="row"')
+    return applies and (k == n if align is None else bool(align))
 
 
 def _fill(st: _State, W: np.ndarray, H: np.ndarray, tau: np.ndarray | None, q: int | None, store: type,
