@@ -219,19 +219,15 @@ def _round_entries(w: np.ndarray, base: np.ndarray, kept: np.ndarray, scale: np.
                    q: int | None, store: type) -> tuple[np.ndarray, np.ndarray]:
     """(ŵ, codes) of one column (step 4): ŵ = l·b off the mask; on it l·b + the residual coded at
     q bits with the entries' ``scale`` τ_i·u_ij (a zero scale codes 0), or stored in b bits."""
-    w_hat = base.copy()
-    codes = np.zeros(w.shape[0], dtype=np.uint8)
     if not kept.any():
-        return w_hat, codes
-    e = (w - base)[kept]
+        return base.copy(), np.zeros(w.shape, np.uint8)
+    e = w - base  # the whole column at once (cheaper than gathering the kept entries), then masked
     if q is None:
-        w_hat[kept] = base[kept] + e.astype(store).astype(np.float64)
-        return w_hat, codes
-    s = scale[kept][:, None]
-    c = np.where(s > 0, quantize_values(e[:, None], np.where(s > 0, s, 1.0), q), 2.0 ** (q - 1))
-    codes[kept] = c[:, 0].astype(np.uint8)
-    w_hat[kept] = base[kept] + dequantize_values(c, s, q)[:, 0]
-    return w_hat, codes
+        return np.where(kept, base + e.astype(store).astype(np.float64), base), np.zeros(w.shape, np.uint8)
+    live = scale > 0
+    c = np.where(live, quantize_values(e, np.where(live, scale, 1.0), q), 2.0 ** (q - 1))
+    codes = np.where(kept, c, 0.0).astype(np.uint8)
+    return np.where(kept, base + dequantize_values(c, scale, q), base), codes
 
 
 def _column(st: _State, w: np.ndarray, c: int, tau: np.ndarray | None, q: int | None, store: type,
