@@ -33,96 +33,92 @@ def _check_options(info: Any, options: dict) -> None:
         )
 
 
-def solve(
-    W: Any,
-    X: Any = None,
-    *,
-    ratio: Any = DEFAULT_RATIO,
-    bits: float | None = None,
-    rank: int = 64,
-    method: str = "alternating",
-    pattern: str = "row",
-    value_bits: int = 16,
-    index_bits: int = 0,
-    positions: str | None = None,
-    sparse_bits: int | str | None = None,
-    sparse_refit: int = 2,
-    l_group: int | None = None,
-    max_iter: int | None = None,
-    tol: float = 1e-6,
-    seed: int = 0,
-    col_norms: Any = None,
-    gram: Any = None,
-    damping: float = 0.01,
-    callback: Callable[[int, float], Any] | None = None,
-    progress: bool = False,
-    **options: Any,
-) -> SolveResult:
+def solve(W: Any, X: Any = None, *, ratio: Any = DEFAULT_RATIO, bits: float | None = None, rank: int = 64,
+          method: str = "alternating", pattern: str = "row", value_bits: int = 16, index_bits: int = 0,
+          positions: str | None = None, sparse_bits: int | str | None = None, sparse_refit: int = 2,
+          l_group: int | None = None, max_iter: int | None = None, tol: float = 1e-6, seed: int = 0,
+          col_norms: Any = None, gram: Any = None, damping: float = 0.01,
+          callback: Callable[[int, float], Any] | None = None, progress: bool = False,
+          **options: Any) -> SolveResult:
     """Decompose W ≈ Ŵ = S + L ⊙ B at a storage ratio (docs/formulation.md §1-§5).
 
     Parameters
     ----------
-    W : (m, n) NumPy array, PyTorch tensor (CPU/CUDA), CuPy array or another array-API array
-        (e.g. ``array_api_strict``; needs ``array-api-compat``); float16/bfloat16/float32/
-        float64. Computation runs in float64 for float64 input and float32 otherwise. Not modified.
-    X : (N, n) calibration inputs of the layer, or ``None`` (unweighted, d = 1). Alternatively
-        give ``col_norms`` (d_j = ‖X[:, j]‖₂) or ``gram`` (XᵀX, undamped) -- at most one of the three.
-    ratio : fraction of dense b-bit storage to remove, in (0, 1) (default 0.5); may be ``None`` for
-        N:M patterns and for the quantisers "rtn" and "gptq", whose bits are fixed by their options
-        (a given ratio is then checked: ``InfeasibleBudgetError`` if the quantiser costs more)
-    bits : instead of ``ratio``, the budget in bits per weight on disk, B, with
-        the positions of S counted by the code the saved format stores (``positions`` then
-        defaults to "rice" for the "row" pattern and "bitmask" otherwise); ratio = 1 − B/b. For
-        "rtn" and "gptq" ``bits`` is their integer code width, as before
+    W : (m, n) NumPy array, PyTorch tensor (CPU/CUDA), CuPy array or another array-API array (e.g.
+        ``array_api_strict``; needs ``array-api-compat``); float16/bfloat16/float32/float64. Computation
+        runs in float64 for float64 input and float32 otherwise. Not modified.
+    X : (N, n) calibration inputs of the layer, or ``None`` (unweighted, d = 1). Alternatively give
+        ``col_norms`` (d_j = ‖X[:, j]‖₂) or ``gram`` (XᵀX, undamped) -- at most one of the three.
+    ratio : fraction of dense b-bit storage to remove, in (0, 1) (default 0.5); may be ``None`` for N:M
+        patterns and for the quantisers "rtn" and "gptq", whose bits are fixed by their options (a given
+        ratio is then checked: ``InfeasibleBudgetError`` if the quantiser costs more)
+    bits : instead of ``ratio``, B bits per weight on disk (ratio = 1 − B/b), the positions of S counted as
+        stored (``positions`` then defaults to "rice" for "row", else "bitmask"); "rtn", "gptq": code width
     rank : r, the rank of L (0 ≤ r ≤ min(m, n))
     method : a registered solver name, see :func:`slabopt.methods`
     pattern : "row" (equal count per row), "global", or "N:M" such as "2:4"
     value_bits, index_bits : b and ι of the bit budget (docs/formulation.md §4)
-    positions : "index" (the default without ``bits``: the positions of S cost ι bits per value;
-        ι = 0 is the paper's convention), "rice" (Golomb–Rice codes of the gaps in each row,
-        counted exactly, docs/formulation.md §4.8), "bitmask" (they cost the m·n-bit mask, or
-        the N:M codes, that the saved format stores, so the ratio is the ratio on disk; §4.6) or
-        "auto" (the cheapest of these exact codes: "rice" for the "row" pattern, else "bitmask")
+    positions : "index" (the default without ``bits``: the positions of S cost ι bits per value; ι = 0
+        is the paper's convention), "rice" (Golomb–Rice codes of the gaps in each row, counted exactly,
+        docs/formulation.md §4.8), "bitmask" (the m·n-bit mask, or the N:M codes, that the saved format
+        stores: the ratio on disk; §4.6) or "auto" (the cheapest: "rice" for "row", else "bitmask")
     sparse_bits : q in 2..8 stores the kept values of S as q-bit codes with one b-bit scale per row
-        (``result.sparse_codes``; the budget counts q bits per value, docs/formulation.md §4.7);
-        ``None`` (default) stores them at b bits; ``"auto"`` takes q = round(a) + 1 for the a bits per
-        weight the budget leaves for them (docs/formulation.md §4.7). "row" and N:M patterns only.
-    l_group : G stores L with its own rank-r factors per group of G input columns (U m×(r·⌈n/G⌉),
-        V n×(r·⌈n/G⌉) with the factors of column j only in its group's columns; counted as
-        b·r·(m·⌈n/G⌉ + n) bits, docs/formulation.md §2.5); methods registered with
-        ``grouped_lowrank`` only ("slab_obs"). ``None``: one L = U Vᵀ
+        (``result.sparse_codes``; the budget counts q bits per value); ``None`` (default): b bits;
+        ``"auto"``: q = round(a) + 1 for the a bits per weight the budget leaves for them
+        (docs/formulation.md §4.7). "row" and N:M patterns only.
     sparse_refit : with ``sparse_bits``, rounds of exact binary / low-rank / code steps that refit
         L ⊙ B to the coded S after the solve (docs/formulation.md §5.6; never raises f)
-    max_iter : iteration limit of the method's main loop; ``None`` = the method's registered
-        default (``slabopt.registry.get_method(method).default_max_iter``)
+    l_group : G stores L with its own rank-r factors per group of G input columns (U m×(r·⌈n/G⌉),
+        V n×(r·⌈n/G⌉), the factors of column j only in its group's columns; b·r·(m·⌈n/G⌉ + n) bits,
+        docs/formulation.md §2.5); methods with ``grouped_lowrank`` only ("slab_obs"). ``None``: one L
+    max_iter : iteration limit of the method's main loop; ``None``: its registered ``default_max_iter``
     tol : relative objective change that stops early
     seed : seed of every random choice (randomized SVD sketches)
     damping : λ of H = XᵀX + λ·mean(diag)·I in the full objective
     callback : called as ``callback(iteration, objective)`` after each iteration
     progress : show a tqdm progress bar over the iterations (needs ``tqdm``)
-    **options : method-specific options (e.g. ``variant="paper"`` for "alternating", ``bits`` and
-        ``group_size`` for "rtn" and "gptq")
+    **options : method-specific options, e.g. ``variant="paper"`` ("alternating"), ``group_size`` ("gptq")
 
     Returns
     -------
     SolveResult whose arrays are in W's library and on W's device.
     """
     start = time.perf_counter()
-    W_in = as_matrix("W", W)
-    xp = bk.namespace(W_in)
-    Wc = xp.astype(W_in, bk.compute_dtype(xp, W_in), copy=True)
-    options = dict(options)
-    info, ratio, positions, layout, bud = _plan(tuple(Wc.shape), ratio, bits, rank, method, options, dict(
-        pattern=pattern, value_bits=value_bits, index_bits=index_bits, positions=positions,
-        sparse_bits=sparse_bits, l_group=l_group))
-    max_iter = info.default_max_iter if max_iter is None else check_int("max_iter", max_iter, 1)
-    seed = check_int("seed", seed, 0)
-    tol = check_real("tol", tol, 0.0)
-    damping = check_real("damping", damping, 0.0)
-    sparse_refit = check_int("sparse_refit", sparse_refit, 0)
-    d, Xc, G = resolve_activations(Wc, X, col_norms, gram, need_gram=False)
+    Wc = _compute_copy(W_in := as_matrix("W", W))
+    options, args = dict(options), dict(pattern=pattern, value_bits=value_bits, index_bits=index_bits,
+                                        positions=positions, sparse_bits=sparse_bits, l_group=l_group)
+    info, ratio, positions, layout, bud = _plan(tuple(Wc.shape), ratio, bits, rank, method, options, args)
+    loop = _loop_settings(info, max_iter, seed, tol, damping, sparse_refit)
+    problem, bar = _problem(Wc, (X, col_norms, gram), bud, loop, callback, info.name if progress else None)
+    dec = _run(info, problem, options, loop["sparse_refit"], bar)
+    settings = _recorded(dict(args, ratio=ratio, rank=rank, positions=positions), bud, layout, loop, options)
+    return _package(problem, dec, info.name, W_in.dtype, start, settings)
+
+
+def _compute_copy(W: Any) -> Any:
+    """A copy of W in the compute dtype: float64 for float64 input, float32 otherwise."""
+    xp = bk.namespace(W)
+    return xp.astype(W, bk.compute_dtype(xp, W), copy=True)
+
+
+def _loop_settings(info: Any, max_iter: int | None, seed: int, tol: float, damping: float,
+                   sparse_refit: int) -> dict:
+    """The checked settings of the solver's loop (``max_iter`` ``None``: the method's default)."""
+    return dict(max_iter=info.default_max_iter if max_iter is None else check_int("max_iter", max_iter, 1),
+                seed=check_int("seed", seed, 0), tol=check_real("tol", tol, 0.0),
+                damping=check_real("damping", damping, 0.0),
+                sparse_refit=check_int("sparse_refit", sparse_refit, 0))
+
+
+def _problem(Wc: Any, activations: tuple, bud: Budget, loop: dict, callback: Callable | None,
+             progress: str | None) -> tuple[Problem, Any]:
+    """The :class:`Problem` of the compute copy ``Wc`` with its column weights d (rescaled to max 1)
+    from ``activations`` (X, col_norms, gram), and the progress bar (``progress``: its name) or
+    ``None``; the problem reports f in the user's units, f·d_scale²."""
+    xp = bk.namespace(Wc)
+    d, Xc, G = resolve_activations(Wc, *activations, need_gram=False)
     d_scale = bk.to_float(xp.max(d))
-    report = _with_progress(callback, max_iter, info.name) if progress else callback
+    report = callback if progress is None else _with_progress(callback, loop["max_iter"], progress)
     problem = Problem(
         W=Wc,
         d=d / d_scale,
@@ -130,29 +126,43 @@ def solve(
         budget=bud,
         X=Xc,
         raw_gram=G,
-        seed=seed,
-        max_iter=max_iter,
-        tol=tol,
-        damping=damping,
+        seed=loop["seed"],
+        max_iter=loop["max_iter"],
+        tol=loop["tol"],
+        damping=loop["damping"],
         callback=None if report is None else (lambda it, f: report(it, f * d_scale**2)),
     )
+    return problem, None if progress is None else report
+
+
+def _run(info: Any, problem: Problem, options: dict, sparse_refit: int, bar: Any) -> Any:
+    """The method's decomposition, with the values of S coded afterwards when the budget stores them
+    as q-bit codes and the method did not (:func:`slabopt.solvers.sparse_refit.quantize_sparse_part`);
+    closes the progress ``bar``."""
+    bud = problem.budget
     try:
         dec = info.func(problem, **options)
         if bud.sparse_bits is not None and dec.sparse_codes is None:
             dec = quantize_sparse_part(problem, dec, bud.sparse_bits, sparse_refit)
     finally:
-        if progress:
-            report.close()
-    coded = {} if sparse_bits is None else {"sparse_bits": sparse_bits, "sparse_refit": sparse_refit,
+        if bar is not None:
+            bar.close()
+    return dec
+
+
+def _recorded(given: dict, bud: Budget, layout: Any, loop: dict, options: dict) -> dict:
+    """``result.settings``: the settings in force (``given``: ratio, rank, the budget's keywords,
+    positions), the loop's and the method's options, and the quantiser's layout."""
+    sparse_bits, l_group = given["sparse_bits"], given["l_group"]
+    coded = {} if sparse_bits is None else {"sparse_bits": sparse_bits, "sparse_refit": loop["sparse_refit"],
                                             "sparse_bits_used": bud.sparse_bits}
     quant = {} if layout is None else {"quant": dict(bits=layout.bits, group_size=layout.group_size,
                                                      symmetric=layout.symmetric,
                                                      group_index=layout.group_index)}
-    settings = dict(ratio=ratio, rank=rank, pattern=str(bud.pattern), value_bits=value_bits,
-                    index_bits=index_bits, positions=positions, **coded,
-                    **({} if l_group is None else {"l_group": l_group}),
-                    max_iter=max_iter, tol=tol, seed=seed, damping=damping, **options, **quant)
-    return _package(problem, dec, info.name, W_in.dtype, start, settings)
+    return dict(ratio=given["ratio"], rank=given["rank"], pattern=str(bud.pattern),
+                value_bits=given["value_bits"], index_bits=given["index_bits"], positions=given["positions"],
+                **coded, **({} if l_group is None else {"l_group": l_group}), max_iter=loop["max_iter"],
+                tol=loop["tol"], seed=loop["seed"], damping=loop["damping"], **options, **quant)
 
 
 def layer_budget(shape: tuple[int, int], *, ratio: Any = DEFAULT_RATIO, bits: float | None = None,

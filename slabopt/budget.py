@@ -247,20 +247,11 @@ def _quant_message(quant: QuantLayout | BinarizedLayout, ratio: float, value_bit
                    f"quantiser reaches, ask for ratio <= {_at_most(reached)}, or use {smaller}")
 
 
-def budget(
-    shape: tuple[int, int],
-    ratio: float | None = 0.5,
-    rank: int = 64,
-    *,
-    pattern: str | Pattern = "row",
-    value_bits: int = 16,
-    index_bits: int = 0,
-    components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
-    quant: QuantLayout | None = None,
-    positions: str = "index",
-    sparse_bits: int | str | None = None,
-    l_group: int | None = None,
-) -> Budget:
+def budget(shape: tuple[int, int], ratio: float | None = 0.5, rank: int = 64, *,
+           pattern: str | Pattern = "row", value_bits: int = 16, index_bits: int = 0,
+           components: frozenset[str] | set[str] | tuple[str, ...] = SLAB_COMPONENTS,
+           quant: QuantLayout | None = None, positions: str = "index", sparse_bits: int | str | None = None,
+           l_group: int | None = None) -> Budget:
     """How many sparse values fit in a layer of ``shape`` at ``ratio`` with rank ``rank``.
 
     The sparse budget is the largest k with ``ratio(k) >= ratio`` (docs/formulation.md §4.3), rounded
@@ -308,24 +299,7 @@ def budget(
     st = _settings(shape, ratio, rank, pattern, value_bits, index_bits, components, quant, positions,
                    sparse_bits, l_group)
     spare = None if st.ratio is None else _spare_bits(st)
-    nnz, per_row = _sparse_count(st, spare)
-    m, n = st.shape
-    return Budget(
-        shape=(m, n),
-        rank=st.rank,
-        nnz=nnz,
-        nnz_per_row=per_row,
-        pattern=st.pattern,
-        binary=st.binary,
-        value_bits=st.value_bits,
-        index_bits=st.index_bits,
-        requested_ratio=None if st.ratio is None else float(st.ratio),
-        row_values=st.row_values,
-        quant=st.quant,
-        positions=st.positions,
-        sparse_bits=st.sparse_bits,
-        l_group=st.l_group,
-    )
+    return _budget_of(st, *_sparse_count(st, spare))
 
 
 @dataclass(frozen=True)
@@ -347,6 +321,27 @@ class _Settings:
     row_values: int
 
 
+def _budget_of(st: _Settings, nnz: int, per_row: int | None) -> Budget:
+    """The :class:`Budget` of the checked settings with ``nnz`` sparse values (``per_row`` a row)."""
+    m, n = st.shape
+    return Budget(
+        shape=(m, n),
+        rank=st.rank,
+        nnz=nnz,
+        nnz_per_row=per_row,
+        pattern=st.pattern,
+        binary=st.binary,
+        value_bits=st.value_bits,
+        index_bits=st.index_bits,
+        requested_ratio=None if st.ratio is None else float(st.ratio),
+        row_values=st.row_values,
+        quant=st.quant,
+        positions=st.positions,
+        sparse_bits=st.sparse_bits,
+        l_group=st.l_group,
+    )
+
+
 def _settings(shape, ratio, rank, pattern, value_bits, index_bits, components, quant, positions, sparse_bits,
               l_group) -> _Settings:
     """Every rule on the arguments of :func:`budget`, checked once (each failure one ValueError)."""
@@ -354,10 +349,7 @@ def _settings(shape, ratio, rank, pattern, value_bits, index_bits, components, q
     n = check_int("shape[1]", shape[1], 1)
     value_bits = check_int("value_bits", value_bits, 1)
     index_bits = check_int("index_bits", index_bits, 0)
-    positions = check_choice("positions", positions, POSITIONS)
-    if positions != "index" and index_bits:
-        raise ValueError(f'positions="{positions}" counts the positions of S itself; index_bits must be 0, '
-                         f"got {index_bits}")
+    positions = _check_positions(positions, index_bits)
     components = _check_components(components, quant, (m, n))
     rank = check_int("rank", rank, 0, min(m, n)) if "lowrank" in components else 0
     twolevel = "twolevel" in components
@@ -371,13 +363,28 @@ def _settings(shape, ratio, rank, pattern, value_bits, index_bits, components, q
         l_group = check_int("l_group", l_group, 1)
     if pat.kind == "nm" and n % pat.m != 0:
         raise ValueError(f"pattern {pat} needs the number of columns n = {n} to be a multiple of {pat.m}")
-    if ratio is not None:
-        ratio = check_ratio("ratio", ratio)
-    elif pat.kind != "nm" and "sparse" in components:
-        raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
+    ratio = _check_ratio(ratio, pat, components)
     return _Settings((m, n), ratio, rank, pat, value_bits, index_bits, components, quant, positions,
                      sparse_bits, l_group, binary=("binary" in components and rank > 0) or twolevel,
                      row_values=2 if twolevel else (1 if "offset" in components else 0))
+
+
+def _check_positions(positions: str, index_bits: int) -> str:
+    """One of ``POSITIONS``; every code but "index" counts the positions itself, so ι must be 0."""
+    positions = check_choice("positions", positions, POSITIONS)
+    if positions != "index" and index_bits:
+        raise ValueError(f'positions="{positions}" counts the positions of S itself; index_bits must be 0, '
+                         f"got {index_bits}")
+    return positions
+
+
+def _check_ratio(ratio: float | None, pat: Pattern, components: frozenset) -> float | None:
+    """The checked ratio in (0, 1); ``None`` only where nnz(S) is fixed (N:M) or there is no S."""
+    if ratio is not None:
+        return check_ratio("ratio", ratio)
+    if pat.kind != "nm" and "sparse" in components:
+        raise ValueError("ratio=None is only allowed for N:M patterns, which fix nnz(S)")
+    return None
 
 
 def _check_components(components, quant: QuantLayout | None, shape: tuple[int, int]) -> frozenset:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slabopt
-from slabopt import _kernels
+from slabopt.solvers import _alternating_kernels as _kernels
 from slabopt.solvers import alternating as alt
 
 from ._problems import heavy_tailed, spread_weights

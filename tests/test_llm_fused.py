@@ -205,7 +205,7 @@ def test_every_cached_kernel_has_its_own_cache_file():
     _need_numba()
     from numba.core.registry import CPUDispatcher
 
-    from slabopt import _kernels
+    from slabopt.solvers import _alternating_kernels as _kernels
 
     files = {}
     for module in (fused, _kernels):

@@ -39,8 +39,8 @@ def test_the_wheel_installs_and_runs_outside_the_repository(tmp_path):
     ckpt = save_checkpoint(tmp_path / "ckpt")
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
-    _run([slabopt, "compress", "--model", ckpt, "--calib-file", text, "--calib-tokens", "64", "--seqlen", "16",
-          "--rank", "1", "--out", tmp_path / "out", "-q"], tmp_path)
+    _run([slabopt, "compress", "--model", ckpt, "--calib-file", text, "--calib-tokens", "64",
+          "--seqlen", "16", "--rank", "1", "--out", tmp_path / "out", "-q"], tmp_path)
     res = json.loads(_run([slabopt, "eval", tmp_path / "out", "--eval-file", text, "--tokens", "64",
                            "--seqlen", "16", "--json"], tmp_path).stdout)
     assert res["perplexity"] > 1

@@ -14,16 +14,17 @@ The loop works in four reused m×n buffers and evaluates f from the factors (see
 :func:`weighted_objectives`), so one iteration costs about a dozen m×n passes plus the SVD.
 
 On NumPy CPU arrays with the "row" pattern, when numba is installed, the sparse, binary and
-SVD-target steps of an iteration run as one pass over the rows instead (:mod:`slabopt._kernels`,
-option ``kernel``); it performs the same floating-point operations, so the iterates are the
-reference loop's bit for bit. Everything else (the SVD, the objectives, the descent safeguard) is
-shared by both loops.
+SVD-target steps of an iteration run as one pass over the rows instead (the kernels beside this
+module, :mod:`slabopt.solvers._alternating_kernels`, option ``kernel``); it performs the same
+floating-point operations, so the iterates are the reference loop's bit for bit. Everything else
+(the SVD, the objectives, the descent safeguard: :func:`lowrank_update`) is shared by both loops.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _backend as bk
-from .. import _kernels
 from .._validation import check_choice, check_int
 from ..linalg import SVD_METHODS, outer, truncated_svd
 from ..objective import diagonal_objective
@@ -31,6 +32,7 @@ from ..patterns import select_mask
 from ..problem import Decomposition, Problem
 from ..registry import register_method
 from ..signs import sign_pm1, sign_pm1_into
+from . import _alternating_kernels as _kernels
 
 VARIANTS = ("weighted", "paper")
 KERNELS = ("auto", "numba", "numpy")
@@ -240,8 +242,8 @@ def warm_power_iterations(rank: int, power_iters: int, warm_power_iters: int | N
 
 def use_kernel(problem: Problem, kernel: str) -> bool:
     """Whether the loop runs the numba row kernel: ``"auto"`` when it is available and applies
-    (:func:`slabopt._kernels.applies`), ``"numba"`` demands it (ValueError otherwise), ``"numpy"``
-    never."""
+    (:func:`slabopt.solvers._alternating_kernels.applies`), ``"numba"`` demands it (ValueError
+    otherwise), ``"numpy"`` never."""
     if kernel == "numpy":
         return False
     budget = problem.budget
@@ -288,124 +290,123 @@ def alternating(
     power_iters = check_int("power_iters", power_iters, 0)
     oversample = check_int("oversample", oversample, 0)
     kernel = check_choice("kernel", kernel, KERNELS)
-    xp, budget, d = problem.xp, problem.budget, problem.d
-    r = budget.rank
+    r = problem.budget.rank
     warm_q = warm_power_iterations(r, power_iters, warm_power_iters)
     weighted = variant == "weighted"
-
     if r == 0:  # nothing to alternate with: one exact sparse step
-        S, mask = sparse_step(problem, xp.zeros_like(problem.W))
-        f = diagonal_objective(problem.W - S, d)
-        problem.report(1, f)
-        return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
-
+        return sparse_only(problem)
     svd_options = dict(svd=svd, oversample=oversample, power_iters=power_iters, warm_start=warm_start,
                        warm_power_iters=warm_q)
     if use_kernel(problem, kernel):
         return fused_loop(problem, weighted, **svd_options)
-    W = problem.W
-    # Four reused m×n buffers (no m×n temporaries in the rank-1 loop):
-    #   SE: E = W − L⊙B, then S = mask ⊙ E      R: sparse scores, then R = W − S
-    #   LB: L⊙B, selection scratch, R⊙L, M = (R⊙B)D     B: the ±1 signs
+    return reference_loop(problem, weighted, **svd_options)
+
+
+def sparse_only(problem: Problem) -> Decomposition:
+    """Rank 0: one exact sparse step S = mask ⊙ W (P4), f = ‖(W − S)D‖_F²."""
+    S, mask = sparse_step(problem, problem.xp.zeros_like(problem.W))
+    f = diagonal_objective(problem.W - S, problem.d)
+    problem.report(1, f)
+    return Decomposition(S=S, mask=mask, history=[f], message="rank 0: sparse step only")
+
+
+# (U, V, L, Q) of L = U Vᵀ: L formed only for rank > 1, Q the right singular vectors of the last SVD
+Factors = tuple[Any, Any, Any, Any]
+
+
+def lowrank_update(problem: Problem, M: Any, factors: Factors, it: int, weighted: bool, scratch: Any, *,
+                   svd: str, oversample: int, power_iters: int, warm_start: bool,
+                   warm_power_iters: int) -> tuple[float, Factors]:
+    """The low-rank step (P3) of iteration ``it`` on its SVD target M = (R ⊙ B)D (R ⊙ B for the paper
+    variant), shared by both loops: returns f = ‖(R ⊙ B − L)D‖_F² and the factors (U, V, L, Q) the next
+    iteration starts from. The previous factors stay when they give the lower f, which only an inexact,
+    randomized SVD can cause (it must never undo descent); ``scratch`` is an m×n buffer for an
+    explicitly evaluated objective."""
+    U, V, L, Q_prev = factors
+    r = problem.budget.rank
+    start = Q_prev if warm_start else None
+    U_new, V_new, Q = lowrank_factors(
+        problem, M, r, weighted=weighted, svd=svd, oversample=oversample,
+        power_iters=power_iters if start is None else warm_power_iters, seed=problem.seed + it,
+        start=start,
+    )
+    if weighted:
+        old = None if U is None else (U, V)
+        f, keep = weighted_objectives(problem, M, (U_new, V_new), old, scratch)
+    else:
+        f, keep = weighted_error(problem, M, outer(U_new, V_new), out=scratch), False
+    if not keep:
+        U, V = U_new, V_new
+        L = None if r == 1 else outer(U, V)  # formed once, used twice for rank > 1
+    return f, (U, V, L, Q)
+
+
+def reference_steps(problem: Problem, buffers: tuple, factors: Factors, weighted: bool) -> Any:
+    """The sparse, binary and SVD-target steps of one iteration in the four m×n ``buffers``
+    (SE, R, LB, B), starting from L ⊙ B in LB; returns the mask:
+
+        SE: E = W − L⊙B, then S = mask ⊙ E (P4)      R: the sparse scores, then R = W − S
+        LB: selection scratch, R⊙L, then M = (R⊙B)D   B: the ±1 signs sign(R ⊙ L), or sign(R) (P2)
+    """
+    xp, W = problem.xp, problem.W
+    SE, R, LB, B = buffers
+    U, V, L, _ = factors
+    SE[...] = W
+    SE -= LB  # E = W − L⊙B
+    mask = sparse_mask(problem, SE, out=R, work=LB)  # sparse step (P4)
+    SE *= xp.astype(mask, SE.dtype)  # S = mask ⊙ E
+    R[...] = W
+    R -= SE  # R = W − S
+    if U is None:  # binary step (P2): B = sign(R ⊙ L), or sign(R) before any L
+        sign_pm1_into(R, B)
+    else:
+        LB[...] = R
+        sign_pm1_into(multiply_by_lowrank(LB, U, V, L), B)
+    LB[...] = R
+    LB *= B
+    svd_target(problem, LB, weighted=weighted, overwrite=True)  # LB becomes M
+    return mask
+
+
+def reference_loop(problem: Problem, weighted: bool, **svd_options: Any) -> Decomposition:
+    """The loop of :func:`alternating` in array-API operations on four reused m×n buffers (no m×n
+    temporaries in the rank-1 loop): :func:`reference_steps`, then :func:`lowrank_update` (which
+    takes ``svd_options``)."""
+    xp, W = problem.xp, problem.W
     SE, R, B = xp.empty_like(W), xp.empty_like(W), xp.empty_like(W)
     LB = xp.zeros_like(W)
-    U = V = L = Q_prev = None
+    factors: Factors = (None, None, None, None)
     history: list[float] = []
     converged = False
     for it in range(problem.max_iter):
-        SE[...] = W
-        SE -= LB  # E = W − L⊙B
-        mask = sparse_mask(problem, SE, out=R, work=LB)  # sparse step (P4)
-        SE *= xp.astype(mask, SE.dtype)  # S = mask ⊙ E
-        R[...] = W
-        R -= SE  # R = W − S
-        if U is None:  # binary step (P2): B = sign(R ⊙ L), or sign(R) before any L
-            sign_pm1_into(R, B)
-        else:
-            LB[...] = R
-            sign_pm1_into(multiply_by_lowrank(LB, U, V, L), B)
-        LB[...] = R
-        LB *= B
-        U_new, V_new, Q = lowrank_step(  # low-rank step (P3); LB becomes M
-            problem,
-            LB,
-            r,
-            weighted=weighted,
-            svd=svd,
-            oversample=oversample,
-            power_iters=power_iters if Q_prev is None or not warm_start else warm_q,
-            seed=problem.seed + it,
-            start=Q_prev if warm_start else None,
-            overwrite=True,
-        )
-        M = LB  # (R ⊙ B) D, or R ⊙ B for the paper variant
-        if weighted:
-            old = None if U is None else (U, V)
-            f, keep = weighted_objectives(problem, M, (U_new, V_new), old, R)
-        else:
-            f, keep = weighted_error(problem, M, outer(U_new, V_new), out=R), False
-        if not keep:  # (keep: an inexact, randomized SVD must never undo descent)
-            U, V = U_new, V_new
-            L = None if r == 1 else outer(U, V)  # formed once, used twice for rank > 1
-        Q_prev = Q
+        mask = reference_steps(problem, (SE, R, LB, B), factors, weighted)
+        f, factors = lowrank_update(problem, LB, factors, it, weighted, R, **svd_options)
         LB[...] = B
-        multiply_by_lowrank(LB, U, V, L)  # L ⊙ B for the next sparse step
+        multiply_by_lowrank(LB, *factors[:3])  # L ⊙ B for the next sparse step
         if problem.record(history, f):
             converged = True
             break
-    S = SE
-    return Decomposition(
-        S=S,
-        mask=mask,
-        U=U,
-        V=V,
-        B=B,
-        history=history,
-        converged=converged,
-        message=problem.stop_message(converged),
-    )
+    U, V = factors[:2]
+    return Decomposition(S=SE, mask=mask, U=U, V=V, B=B, history=history, converged=converged,
+                         message=problem.stop_message(converged))
 
 
-def fused_loop(
-    problem: Problem,
-    weighted: bool,
-    *,
-    svd: str,
-    oversample: int,
-    power_iters: int,
-    warm_start: bool,
-    warm_power_iters: int,
-) -> Decomposition:
+def fused_loop(problem: Problem, weighted: bool, **svd_options: Any) -> Decomposition:
     """The loop of :func:`alternating` with the sparse, binary and SVD-target steps of each
-    iteration done by one row pass of :class:`slabopt._kernels.RowKernel` (same iterates)."""
-    budget, r = problem.budget, problem.budget.rank
-    kern = _kernels.RowKernel(problem.W, problem.d, budget.nnz_per_row, weighted)
-    scratch = None  # m×n, only touched when an objective must be evaluated explicitly
-    U = V = L = Q_prev = None
+    iteration done by one row pass of :class:`slabopt.solvers._alternating_kernels.RowKernel`
+    (same iterates), then :func:`lowrank_update` (which takes ``svd_options``)."""
+    kern = _kernels.RowKernel(problem.W, problem.d, problem.budget.nnz_per_row, weighted)
+    scratch = problem.xp.empty_like(problem.W)  # only touched when an objective is evaluated explicitly
+    factors: Factors = (None, None, None, None)
     history: list[float] = []
     converged = False
     for it in range(problem.max_iter):
-        kern.step(U, V, L)  # S, B and M = (R ⊙ B) D of this iteration
-        start = Q_prev if warm_start else None
-        U_new, V_new, Q = lowrank_factors(
-            problem, kern.M, r, weighted=weighted, svd=svd, oversample=oversample,
-            power_iters=power_iters if start is None else warm_power_iters, seed=problem.seed + it,
-            start=start,
-        )
-        if scratch is None:
-            scratch = problem.xp.empty_like(problem.W)
-        if weighted:
-            old = None if U is None else (U, V)
-            f, keep = weighted_objectives(problem, kern.M, (U_new, V_new), old, scratch)
-        else:
-            f, keep = weighted_error(problem, kern.M, outer(U_new, V_new), out=scratch), False
-        if not keep:
-            U, V = U_new, V_new
-            L = None if r == 1 else outer(U, V)
-        Q_prev = Q
+        kern.step(*factors[:3])  # S, B and M = (R ⊙ B) D of this iteration
+        f, factors = lowrank_update(problem, kern.M, factors, it, weighted, scratch, **svd_options)
         if problem.record(history, f):
             converged = True
             break
+    U, V = factors[:2]
     return Decomposition(
         S=kern.sparse(out=kern.M),  # M is not needed any more: its buffer takes S
         mask=kern.mask,

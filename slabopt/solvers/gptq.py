@@ -51,6 +51,78 @@ def _layout(shape: tuple[int, int], options: dict) -> QuantLayout:
                         group_index=act_order and not static)
 
 
+def _start(problem: Problem, maxq: int, sym: bool, gs: int | None, static_groups: bool,
+           act_order: bool) -> tuple:
+    """(W, scale, zero, dead, groups, perm): W in float64 with the dead inputs zeroed (and its columns
+    permuted by descending diag(H) with ``act_order``: ``perm``, else ``None``), the per-channel
+    scale and zero point fitted on W as given, and with ``static_groups`` those of every group."""
+    W = bk.to_numpy(problem.W).astype(np.float64, copy=True)
+    n = W.shape[1]
+    scale, zero = fit_scale_zero(W, maxq, sym)  # per channel, on W as given
+    dead = dead_inputs(problem)
+    W[:, dead] = 0.0
+    groups = []
+    if static_groups:
+        groups = [fit_scale_zero(W[:, g:g + gs], maxq, sym) for g in range(0, n, gs)]
+    perm = None
+    if act_order:
+        diag = np.where(dead, 1.0, input_diagonal(problem))  # diag H before damping
+        perm = np.argsort(-diag, kind="stable")
+        W = np.ascontiguousarray(W[:, perm])  # fancy indexing along columns returns F order
+    return W, scale, zero, dead, groups, perm
+
+
+class _ColumnCodes:
+    """The column rule of :func:`slabopt.solvers._obs.obs_sweep`: column c (of the permuted order)
+    gets the codes q = clamp(round(w/s) + z, 0, 2^bits − 1) with the scale s and zero point z in
+    force and is replaced by s·(q − z). With groups the pair is refitted at each group start on
+    ``W`` as the sweep has it then (dynamic groups, kept in :attr:`fitted`), or taken from the
+    precomputed ``groups`` of the column's original position (``static_groups``)."""
+
+    def __init__(self, W: np.ndarray, maxq: int, sym: bool, gs: int | None, scale: np.ndarray,
+                 zero: np.ndarray, groups: list, perm: np.ndarray | None, static_groups: bool):
+        self.W, self.maxq, self.sym, self.gs = W, maxq, sym, gs
+        self.groups, self.perm, self.static_groups = groups, perm, static_groups
+        self.codes = np.zeros(W.shape, dtype=np.uint8)
+        self.fitted: list[tuple[np.ndarray, np.ndarray]] = []
+        self.current = [scale, zero]
+
+    def __call__(self, c: int, i: int, W1: np.ndarray, Hinv1: np.ndarray) -> np.ndarray:
+        gs = self.gs
+        if gs is not None:
+            if not self.static_groups:
+                if c % gs == 0:  # refit on W as the authors' loop has it (see the module note)
+                    self.current[:] = fit_scale_zero(self.W[:, c:c + gs], self.maxq, self.sym)
+                    self.fitted.append((self.current[0], self.current[1]))
+            else:
+                self.current[:] = self.groups[(self.perm[c] if self.perm is not None else c) // gs]
+        s, z = self.current
+        code = quantize_codes(W1[:, i], s, z, self.maxq)
+        self.codes[:, c] = code
+        return s * (code - z)
+
+
+def _quantized(problem: Problem, lay: QuantLayout, rule: _ColumnCodes, scale: np.ndarray,
+               zero: np.ndarray) -> QuantizedMatrix:
+    """The codes in the original column order with their scales and zero points (per row, or per
+    group with the column-to-group index of dynamic groups in activation order)."""
+    gs, perm, static_groups = lay.group_size, rule.perm, rule.static_groups
+    group_index = None
+    if gs is None:
+        scales, zeros = scale[:, None], zero[:, None]
+    else:
+        pairs = rule.groups if static_groups else rule.fitted
+        scales = np.stack([p[0] for p in pairs], axis=1)
+        zeros = np.stack([p[1] for p in pairs], axis=1)
+        if perm is not None and not static_groups:
+            group_index = np.argsort(perm) // gs  # the group of column j: its activation-order rank // gs
+    codes = rule.codes
+    if perm is not None:
+        codes = codes[:, np.argsort(perm)]
+    return QuantizedMatrix.from_numpy(codes, scales, None if lay.symmetric else zeros, lay.bits, gs,
+                                      group_index, like=problem.W)
+
+
 @register_method(
     "gptq",
     description="GPTQ: integer codes with OBS error feedback through H, blocks of 128 (Frantar et al. 2023)",
@@ -75,51 +147,11 @@ def gptq(
                                       act_order=act_order, static_groups=static_groups,
                                       blocksize=blocksize))
     sym, gs, maxq = lay.symmetric, lay.group_size, 2**lay.bits - 1
-    W = bk.to_numpy(problem.W).astype(np.float64, copy=True)
-    m, n = W.shape
-    scale, zero = fit_scale_zero(W, maxq, sym)  # per channel, on W as given
-    dead = dead_inputs(problem)
-    W[:, dead] = 0.0
-    groups = []
-    if static_groups:
-        groups = [fit_scale_zero(W[:, g:g + gs], maxq, sym) for g in range(0, n, gs)]
-    perm = None
-    if act_order:
-        diag = np.where(dead, 1.0, input_diagonal(problem))  # diag H before damping
-        perm = np.argsort(-diag, kind="stable")
-        W = np.ascontiguousarray(W[:, perm])  # fancy indexing along columns returns F order
+    W, scale, zero, dead, groups, perm = _start(problem, maxq, sym, gs, static_groups, act_order)
     Hinv = upper_cholesky_of_inverse(gptq_hessian(problem, dead, perm), via_cholesky=True)
-    codes = np.zeros((m, n), dtype=np.uint8)
-    fitted: list[tuple[np.ndarray, np.ndarray]] = []
-    current = [scale, zero]
-
-    def quantize_column(c: int, i: int, W1: np.ndarray, Hinv1: np.ndarray) -> np.ndarray:
-        if gs is not None:
-            if not static_groups:
-                if c % gs == 0:  # refit on W as the authors' loop has it (see the module note)
-                    current[:] = fit_scale_zero(W[:, c:c + gs], maxq, sym)
-                    fitted.append((current[0], current[1]))
-            else:
-                current[:] = groups[(perm[c] if act_order else c) // gs]
-        s, z = current
-        code = quantize_codes(W1[:, i], s, z, maxq)
-        codes[:, c] = code
-        return s * (code - z)
-
-    obs_sweep(W, Hinv, blocksize, quantize_column)
-    group_index = None
-    if gs is None:
-        scales, zeros = scale[:, None], zero[:, None]
-    else:
-        pairs = groups if static_groups else fitted
-        scales = np.stack([p[0] for p in pairs], axis=1)
-        zeros = np.stack([p[1] for p in pairs], axis=1)
-        if act_order and not static_groups:
-            group_index = np.argsort(perm) // gs  # the group of column j: its activation-order rank // gs
-    if perm is not None:
-        codes = codes[:, np.argsort(perm)]
-    quant = QuantizedMatrix.from_numpy(codes, scales, None if sym else zeros, lay.bits, gs, group_index,
-                                       like=problem.W)
+    rule = _ColumnCodes(W, maxq, sym, gs, scale, zero, groups, perm, static_groups)
+    obs_sweep(W, Hinv, blocksize, rule)
+    quant = _quantized(problem, lay, rule, scale, zero)
     f = diagonal_objective(problem.W - quant.dequantize(), problem.d)
     problem.report(1, f)
     return Decomposition(quant=quant, history=[f], message=f"one-shot GPTQ, {lay.describe()}")

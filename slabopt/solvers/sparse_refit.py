@@ -157,6 +157,16 @@ def quantize_sparse_part(problem: Problem, dec: Decomposition, bits: int, refit:
         return _with_codes(dec, S, codes, dec.U, dec.V, dec.B, [])
     if S.dtype != W.dtype:
         S = xp.astype(S, W.dtype)
+    return _with_codes(dec, S, *_refit(problem, dec, S, codes, bits, refit))
+
+
+def _refit(problem: Problem, dec: Decomposition, S: Any, codes: QuantizedMatrix, bits: int,
+           refit: int) -> tuple:
+    """Up to ``refit`` rounds of the binary, low-rank and code steps (module docstring) from the
+    coded start (Ŝ in ``S``, ``codes``) with the mask fixed; ``S`` is left holding Ŝ of the best
+    round. Returns (codes, U, V, B, history) of the round of least f, history = f of the start and
+    of each round."""
+    xp, W, mask = problem.xp, problem.W, dec.mask
     B = dec.B if dec.B.dtype == xp.bool else is_positive(dec.B)
     U, V, L = dec.U, dec.V, _formed(dec.U, dec.V)
     work = xp.empty_like(W)
@@ -178,7 +188,7 @@ def quantize_sparse_part(problem: Problem, dec: Decomposition, bits: int, refit:
     del work
     if best[0] is not codes:  # the last round was worse: Ŝ of the best codes again
         decode_sparse(problem, best[0], mask, S)
-    return _with_codes(dec, S, *best, history)
+    return (*best, history)
 
 
 def _with_codes(dec: Decomposition, S: Any, codes: QuantizedMatrix, U: Any, V: Any, B: Any,

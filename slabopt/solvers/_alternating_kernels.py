@@ -1,8 +1,9 @@
-"""Optional numba kernels for the alternating solver's loop on NumPy CPU arrays.
+"""Optional numba kernels of the alternating solver (:mod:`slabopt.solvers.alternating`), for
+its loop on NumPy CPU arrays with the "row" pattern.
 
-One pass over each row of W does what the reference loop of
-:mod:`slabopt.solvers.alternating` does in about a dozen m×n array passes, with the same
-floating-point operations in the same order, so its results are bit-for-bit those of the reference:
+One pass over each row of W does what the solver's reference loop does in about a dozen m×n array
+passes, with the same floating-point operations in the same order, so its results are bit-for-bit
+those of the reference:
 
     E_ij = W_ij − (L ⊙ B)_ij                      (L ⊙ B = ±fl(u_i v_j) at rank 1, ±L_ij otherwise)
     score_ij = fl(E_ij d_j)²                      sparse step (P4): keep the k largest of the row
