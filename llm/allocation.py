@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .arch import block_linears, block_prefix, decoder_layers
+from .calibration import BlockInputs, block_outputs, collect_stats
 
 OWL_M = 5.0
 OWL_LAMBDA = 0.08
@@ -48,19 +49,25 @@ def block_ratios(outliers: list[float], sizes: list[int], ratio: float,
     return out
 
 
-def dense_outlier_ratios(model, inputs: list, calls: list, device, targets, ignore,
-                         collect_stats, run_block) -> list[float]:
-    """D_b of every block, from the dense model's activations on the calibration windows (one dense
-    forward pass, block by block; ``collect_stats`` and ``run_block`` are the pipeline's)."""
-    out, h = [], inputs
+def dense_outlier_ratios(model: torch.nn.Module, hidden: list[torch.Tensor], calls: list[list],
+                         device: torch.device, targets: str | None, ignore: str | None) -> list[float]:
+    """D_b of every block, from the dense model's activations on the calibration windows: one dense
+    forward pass, block by block, from the ``hidden`` states entering block 0 (``calls[b]``: the
+    other arguments of block b for each window, as :func:`.arch.capture_calls` records them)."""
+    out = []
     for b, block in enumerate(decoder_layers(model)):
         block.to(device)
+        inputs = BlockInputs(hidden, calls[b], device)
         lin = block_linears(block, block_prefix(model, b), targets, ignore)
-        if lin:
-            stats, _ = collect_stats(block, h, calls[b], lin, False, device)
-            out.append(outlier_ratio(lin, {n: stats[n]["sq"].sqrt() for n in lin}))
-        else:
-            out.append(0.0)
-        h = run_block(block, h, calls[b], device)
+        out.append(_block_outlier_ratio(block, inputs, lin))
+        hidden = block_outputs(block, inputs)
         block.to("cpu")
     return out
+
+
+def _block_outlier_ratio(block, inputs: BlockInputs, lin: dict) -> float:
+    """D of one dense block from its inputs' column norms (0 for a block without target layers)."""
+    if not lin:
+        return 0.0
+    stats, _ = collect_stats(block, inputs, lin, need_gram=False)
+    return outlier_ratio(lin, {n: stats[n]["sq"].sqrt() for n in lin})

@@ -11,21 +11,18 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from slabopt._validation import check_int, check_ratio, check_real
+from slabopt.budget import POSITIONS
+from slabopt.budget import SPARSE_BITS as SPARSE_BITS_RANGE
+from slabopt.recipes import SLAB_DEFAULT_FROM_BITS
+from slabopt.registry import get_method
 
-from . import console
+from . import console, recipe
 from .arch import DEFAULT_IGNORE
 from .data import DTYPES  # data.py sets the offline mode
 from .errors import UserError
-
-# make run: the recommended recipe against the quantisers at two sizes where S + L ⊙ B is the recipe
-QUICK = dict(ratios=None, bits=[2.5, 3.25], methods=["rtn", "gptq", "recipe"], calib_tokens=2048, seqlen=256,
-             tokens=2048, max_iter=None)
-FULL = dict(ratios=[0.5, 0.6, 0.7], bits=None, methods=["magnitude", "wanda", "sparsegpt", "oats", "slab"],
-            calib_tokens=16384, seqlen=1024, tokens=8192, max_iter=None)
 
 
 def _arg_type(check: Callable, name: str, *bounds) -> Callable[[str], object]:
@@ -45,7 +42,7 @@ RATIO = _arg_type(check_ratio, "ratio")
 NONNEG = _arg_type(check_int, "value", 0)
 POSITIVE = _arg_type(check_int, "value", 1)
 NON_NEGATIVE = _arg_type(check_int, "value", 0)
-_SPARSE_Q = _arg_type(check_int, "sparse bits", 2, 8)
+_SPARSE_Q = _arg_type(check_int, "sparse bits", *SPARSE_BITS_RANGE)
 
 
 def SPARSE_BITS(s: str) -> int | str | None:
@@ -81,100 +78,15 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-RECIPE = object()  # --sparse-bits not given to compress: auto where it applies (not a string: argparse
-#                    would pass a string default through the option's type)
-
-
-def _sparse_bits(args, method: str) -> int | str | None:
-    """--sparse-bits as given, or for compress's default "auto" where the method stores a sparse
-    part with an equal count per row, else none."""
-    if args.sparse_bits is not RECIPE:
-        return args.sparse_bits
-    from slabopt.patterns import parse_pattern
-    from slabopt.registry import get_method
-
-    from .pipeline import solver_name
-
-    try:
-        applies = ("sparse" in get_method(solver_name(method)).components
-                   and parse_pattern(args.pattern).kind != "global")
-    except (ValueError, TypeError):
-        applies = False  # an unknown method or pattern is reported by the config check
-    return "auto" if applies else None
-
-
-def _config(args, method: str, ratio: float | None, options: dict, bits: float | None = None,
-            recipe: dict | None = None):
-    """The CompressConfig of the parsed arguments; ``recipe`` (from ``--bits`` without ``--method``)
-    supplies the settings the user left out."""
-    from .pipeline import CompressConfig
-
-    chosen = recipe or {}
-    positions = args.positions or chosen.get("positions") or ("rice" if bits is not None and
-                                                              args.pattern == "row" else "bitmask")
-    sparse = chosen["sparse_bits"] if "sparse_bits" in chosen and args.sparse_bits is RECIPE else \
-        _sparse_bits(args, method)
+def _asked(args) -> dict:
+    """The settings of the command line as CompressConfig fields; ``None`` (``DEFAULT`` for
+    --sparse-bits) where not given: :func:`.recipe.resolve` chooses those."""
     rest = getattr(args, "rest_dtype", "source")
-    return CompressConfig(rest_dtype=None if rest == "source" else rest,
-                          method=method, ratio=ratio, rank=args.rank, seed=args.seed, max_iter=args.max_iter,
-                          value_bits=args.value_bits, pattern=args.pattern, positions=positions,
-                          sparse_bits=sparse, refine_steps=args.refine_steps,
-                          allocation=args.allocation, options=options, targets=args.targets,
-                          ignore=args.ignore or None, bits=bits, l_group=getattr(args, "l_group", None))
-
-
-def _method_and_budget(args) -> tuple[str, float | None, float | None, dict, dict | None]:
-    """(method, ratio, bits, options, recipe settings) of ``compress``: ``--bits`` without
-    ``--method`` takes :func:`slabopt.recipes.recipe_for_bits` and says which and why; so does a
-    ``--ratio`` without ``--method`` that leaves fewer than ``SLAB_DEFAULT_FROM_BITS`` bits per
-    weight on disk (:func:`slabopt.recipes.default_recipe_for_ratio`)."""
-    from slabopt.recipes import default_recipe_for_ratio, recipe_for_bits
-
-    options = dict(args.option or [])
-    if args.bits is not None and args.ratio is not None:
-        raise UserError("give the budget as --ratio or as --bits (per weight on disk), not both")
-    method = args.method
-    if args.bits is None:
-        method = method or "slab"
-        ratio = args.ratio if args.ratio is not None or _fixed_budget(method, args.pattern) else 0.5
-        on_disk = None if ratio is None else on_disk_bits(ratio, args.value_bits, args.positions or "bitmask")
-        rec = None if args.method is not None or on_disk is None else default_recipe_for_ratio(on_disk)
-        if rec is None:
-            return method, ratio, None, options, None
-        _recipe_keeps_pattern(args)
-        console.notice(f"--ratio {ratio} is {on_disk:g} bits per weight on disk: using {rec.describe()}: "
-                       f"{rec.reason}")
-        return _from_recipe(rec, on_disk, args.value_bits, options)
-    if method is not None:
-        return method, None, args.bits, options, None
-    _recipe_keeps_pattern(args)
-    rec = recipe_for_bits(args.bits)
-    console.notice(f"--bits {args.bits}: using {rec.describe()}: {rec.reason}")
-    return _from_recipe(rec, args.bits, args.value_bits, options)
-
-
-def _recipe_keeps_pattern(args) -> None:
-    """The size recipes keep S in rows (or store quantiser codes): an N:M ``--pattern`` needs a
-    ``--method`` that takes it, rather than being dropped."""
-    if args.pattern != "row":
-        raise UserError(f"--pattern {args.pattern} with a size and no --method: the recommended recipes keep "
-                        "S by rows; add --method (e.g. --method slab) to compress with the pattern")
-
-
-def on_disk_bits(ratio: float, value_bits: int, positions: str) -> float:
-    """Bits per weight on disk of a budget ratio: b·(1 − ratio), plus the 1-bit bitmask that
-    ``positions="index"`` leaves out of the budget."""
-    return value_bits * (1 - ratio) + (1 if positions == "index" else 0)
-
-
-def _from_recipe(rec, bits: float, value_bits: int, options: dict):
-    """(method, ratio, bits, options, settings) of a recipe at ``bits`` per weight on disk."""
-    settings = dict(rec.settings)
-    on_disk = settings.pop("bits", None)
-    ratio = settings.pop("ratio", None) if on_disk is None else None
-    if on_disk is None:  # a quantiser: its options fix the bits; the budget checks them against bits
-        ratio = 1 - bits / value_bits
-    return rec.method, ratio, on_disk, {**rec.options, **options}, settings
+    return dict(rank=args.rank, seed=args.seed, max_iter=args.max_iter, value_bits=args.value_bits,
+                pattern=args.pattern, positions=args.positions, sparse_bits=args.sparse_bits,
+                refine_steps=args.refine_steps, allocation=args.allocation, options=dict(args.option or []),
+                targets=args.targets, ignore=args.ignore or None, l_group=args.l_group,
+                rest_dtype=None if rest == "source" else rest)
 
 
 def _warn_if_collapsing(cfg) -> None:
@@ -183,33 +95,22 @@ def _warn_if_collapsing(cfg) -> None:
 
     on_disk = cfg.bits
     if on_disk is None and cfg.ratio is not None:
-        on_disk = on_disk_bits(cfg.ratio, cfg.value_bits, cfg.positions)
+        on_disk = recipe.on_disk_bits(cfg.ratio, cfg.value_bits, cfg.positions)
     line = collapse_warning(cfg.method, on_disk, cfg.options.get("bits"))
     if line:
         print(line, file=sys.stderr, flush=True)
 
 
-def _fixed_budget(method: str, pattern: str) -> bool:
-    """Whether the method and pattern fix the bits by themselves (N:M patterns, quantisers)."""
-    from slabopt.registry import get_method
-
-    from .pipeline import solver_name
-
-    try:
-        quantiser = get_method(solver_name(method)).quant_layout is not None
-    except ValueError:
-        quantiser = False
-    return ":" in pattern or quantiser
-
-
 def cmd_compress(args) -> int:
     from . import distributed
     from .pipeline import compress_checkpoint
+    from .recipe import recommend
 
     _threads(args.threads)
     out = Path(args.out)
-    method, ratio, bits, options, recipe = _method_and_budget(args)
-    cfg = _config(args, method, ratio, options, bits, recipe)
+    cfg, why, by_size = recommend(**_asked(args), method=args.method, ratio=args.ratio, bits=args.bits)
+    if by_size:
+        console.notice(why)
     _warn_if_collapsing(cfg)
     d = distributed.init(args.device, data_parallel=args.data_parallel, timeout=args.dist_timeout)
     try:
@@ -225,7 +126,7 @@ def cmd_compress(args) -> int:
     # (a folder written before the sizes were taken at the value bits: its ratios are against 16 bits)
     dense, value_bits = ((s["linear_dense_bytes"], man["settings"]["value_bits"]) if "linear_dense_bytes" in s
                    else (s["linear_dense16_bytes"], 16))
-    print(_summary_line(method, cfg.options, ratio, bits, args, man, out))
+    print(_summary_line(cfg, man, out))
     print(f"  calibration text: {man['settings']['text']}")
     used = man["settings"]["calib_tokens"]
     rounded = "" if used == args.calib_tokens else \
@@ -255,23 +156,19 @@ def _folder_line(out: Path) -> str:
             f"({info['rest_bytes'] or 0:,} bytes); details: slabopt info {out}")
 
 
-def _summary_line(method: str, options: dict, ratio, bits, args, man: dict, out: Path) -> str:
+def _summary_line(cfg, man: dict, out: Path) -> str:
     """"compressed METHOD (its options) [ratio R | at B bits][, pattern P][, rank r]: X bits per weight
     counted -> OUT" (X: the bits the solvers counted, every stored part; the files add their headers),
     naming only what the method stores (no rank for a quantiser, no pattern without S)."""
-    from slabopt.registry import get_method
-
-    from .pipeline import solver_name
-
-    parts = get_method(solver_name(method)).components
-    opts = f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
-    budget = f" at {bits} bits" if bits is not None else (f" ratio {ratio}" if ratio is not None and
-                                                           "quant" not in parts else "")
-    shape = (f", pattern {args.pattern}" if "sparse" in parts and args.pattern != "row" else "") + (
-        f", rank {args.rank}" if "lowrank" in parts else "")
+    parts = get_method(cfg.method).components
+    opts = f" ({', '.join(f'{k}={v}' for k, v in cfg.options.items())})" if cfg.options else ""
+    budget = f" at {cfg.bits} bits" if cfg.bits is not None else (
+        f" ratio {cfg.ratio}" if cfg.ratio is not None and "quant" not in parts else "")
+    shape = (f", pattern {cfg.pattern}" if "sparse" in parts and cfg.pattern != "row" else "") + (
+        f", rank {cfg.rank}" if "lowrank" in parts else "")
     weights = sum(e["shape"][0] * e["shape"][1] for e in man["layers"])
     per_weight = sum(e["bits"] for e in man["layers"]) / max(weights, 1)
-    return f"compressed {method}{opts}{budget}{shape}: {per_weight:.4g} bits per weight counted -> {out}"
+    return f"compressed {cfg.method}{opts}{budget}{shape}: {per_weight:.4g} bits per weight counted -> {out}"
 
 
 def cmd_eval(args) -> int:
@@ -354,35 +251,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import CompareSettings, run_compare, split_options
+    from .compare import plan_compare, run_compare
 
     _threads(args.threads)
-    preset = QUICK if args.quick else FULL
-    pick = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in preset.items()}
-    if ":" in args.pattern and args.ratios is None:
-        pick["ratios"], pick["bits"] = [None], args.bits  # the N:M pattern fixes the sparse part
-    methods = tuple(pick["methods"])
-    base = replace(_config(args, "slab", 0.5, dict(args.option or [])), max_iter=pick["max_iter"])
-    for m in methods:
-        if m != "recipe":
-            _config(args, m, 0.5, {}).check()
-    if args.bits and args.ratios:
-        raise UserError("give --ratios or --bits, not both")
-    if args.ratios is not None:
-        pick["bits"] = None
-    if "recipe" in methods and not pick["bits"]:
-        raise UserError("method 'recipe' is the recommended recipe at each size in bits: give --bits")
-    cs = CompareSettings(methods=methods, ratios=tuple(pick["ratios"] or ()), base=base,
-                         bits=tuple(pick["bits"] or ()),
-                         work_dir=Path(args.work_dir or ("runs/quick" if args.quick else "runs/compare")),
-                         plot=Path(args.plot) if args.plot else None, model=args.model,
-                         calib_tokens=pick["calib_tokens"], seqlen=pick["seqlen"], tokens=pick["tokens"],
-                         dtype=args.dtype, device=args.device, overwrite=args.overwrite,
-                         progress=not (args.no_progress or args.quiet), tasks=_tasks(args.tasks),
-                         limit=args.limit,
-                         batch_size=args.batch_size,
-                         method_options=split_options(methods, dict(args.option or [])))
-    md, outputs = run_compare(cs)
+    given = {key: getattr(args, key) for key in recipe.COMPARE_PRESETS["full"]}
+    run = dict(plot=args.plot, model=args.model, dtype=args.dtype, device=args.device,
+               overwrite=args.overwrite, progress=not (args.no_progress or args.quiet),
+               tasks=_tasks(args.tasks), limit=args.limit, batch_size=args.batch_size)
+    md, outputs = run_compare(plan_compare(_asked(args), args.quick, given, run))
     print()
     print(md)
     print(f"\n[compare] wrote {outputs['md']}, {outputs['json']} and {outputs['png']}")
@@ -436,39 +312,43 @@ def _solver_options(sp) -> None:
 
 
 def _budget_args(sp, compare: bool) -> None:
-    d = "default: %(default)s" if not compare else "default: 1"
-    sp.add_argument("--rank", type=NONNEG, default=1, metavar="R",
-                    help=f"rank r of the low-rank factor L = U Vᵀ ({d})")
+    """The settings compress and compare share; those the recipe chooses default to not given
+    (None, or DEFAULT for --sparse-bits), and their help names what llm/recipe.py chooses."""
+    sp.add_argument("--rank", type=NONNEG, default=None, metavar="R",
+                    help=f"rank r of the low-rank factor L = U Vᵀ (default: {recipe.RANK}"
+                         + (")" if compare else "; with a size and no --method, the recipe's)"))
     sp.add_argument("--seed", type=NONNEG, default=0, metavar="S",
                     help="seed of the calibration windows and of every solver (default: 0)")
     sp.add_argument("--max-iter", type=POSITIVE, default=None, metavar="N",
-                    help="iterations per layer (default: each method's own, 20 for slab)")
+                    help="iterations per layer (default: each method's own, "
+                         f"{get_method(recipe.METHOD).default_max_iter} for {recipe.METHOD})")
     sp.add_argument("--pattern", default="row", metavar="P",
                     help="sparsity pattern of S: row (equal count per row), global, or N:M such as 2:4 or "
                          "4:8 (N kept of every M consecutive inputs; stored as combination codes) "
                          "(default: %(default)s)")
-    sp.add_argument("--value-bits", type=int, default=16, choices=(16, 32),
+    sp.add_argument("--value-bits", type=int, default=16, choices=recipe.STORE_BITS,
                     help="bits per stored value (S, U, V), the b of the budget (default: %(default)s)")
     # compress defaults to the recommended recipe (docs/results.md), compare to the papers' convention
-    sp.add_argument("--positions", default="index" if compare else None,
-                    choices=("index", "bitmask", "rice", "auto"),
+    sp.add_argument("--positions", default=None, choices=POSITIONS,
                     help="what the positions of S cost in the budget: index = nothing (the papers' "
                          "convention; the saved bitmask then adds 1 bit per weight on disk), bitmask = "
                          "the bitmask or N:M codes the folder stores, so --ratio is the ratio on disk, "
                          "rice = Golomb-Rice codes of the gaps in each row (the folder stores them; "
                          "cheaper than the bitmask at any density) (default: "
-                         + ("index)" if compare else "rice with --bits and a row pattern, else bitmask)"))
+                         + (f"{recipe.BASELINE_POSITIONS}; with --bits rice for a row pattern, else bitmask)"
+                            if compare else f"rice with --bits and a row pattern, else {recipe.POSITIONS})"))
     sp.add_argument("--l-group", type=POSITIVE, default=None, metavar="G",
                     help="store L with its own factors per group of G input columns (slab_obs only) "
                          "(default: none, one L per layer)")
-    sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=None if compare else RECIPE, metavar="Q",
+    sp.add_argument("--sparse-bits", type=SPARSE_BITS, default=recipe.DEFAULT, metavar="Q",
                     help="store the kept values of S as Q-bit integer codes (Q = 2..8) with one 16-bit "
                          "scale per row, so the budget keeps about 16/Q times as many of them; auto = "
                          "per layer Q = round(a) + 1 for the a bits per weight left for the values; "
                          "none = values at --value-bits bits; sparsity methods only (default: "
-                         + ("none)" if compare else "auto for methods with a row or N:M sparse part, "
-                                                    "none otherwise)"))
-    sp.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
+                         + ("none; the recipe's with --methods recipe)" if compare else
+                            "auto for methods with a row or N:M sparse part, none otherwise; with a size "
+                            "and no --method, the recipe's)"))
+    sp.add_argument("--allocation", default=recipe.ALLOCATIONS[0], choices=recipe.ALLOCATIONS,
                     help="how the ratio is spread over the blocks: uniform = every layer at --ratio; owl = "
                          "per block by OWL's outlier rule (blocks with more |W|·‖x‖ outliers keep more, "
                          "±0.08 around --ratio, same total; costs one dense calibration pass) "
@@ -501,15 +381,17 @@ def _compress_parser(sub) -> None:
                         "head): the source checkpoint's own (its config.json), or the one named "
                         "(default: %(default)s)")
     c.add_argument("--method", default=None,
-                   help="slab (= alternating) or any registered method (default: slab; with --bits the "
-                        "recommended method for that size, which compress names)")
+                   help=f"slab (= alternating) or any registered method (default: {recipe.METHOD}; with "
+                        f"--bits, or a --ratio that leaves fewer than {SLAB_DEFAULT_FROM_BITS:g} bits per "
+                        "weight on disk, the recommended method for that size, which compress names)")
     c.add_argument("--bits", type=_arg_type(check_real, "bits", 1.0, 16.0), default=None, metavar="B",
                    help="the size in bits per weight on disk of each linear layer, every stored bit "
                         "counted (instead of --ratio); without --method the measured best recipe for "
                         "that size (docs/results.md) (default: none, the budget is --ratio)")
     c.add_argument("--ratio", type=RATIO, default=None,
                    help="fraction of the dense storage (at --value-bits) of each linear layer to remove, "
-                        "in (0, 1) (default: 0.5; none with an N:M --pattern or a quantiser such as rtn "
+                        f"in (0, 1) (default: {recipe.RATIO}; none with an N:M --pattern or a quantiser such "
+                        "as rtn "
                         "or gptq, whose options fix the bits; when given, it is checked)")
     _budget_args(c, compare=False)
     c.add_argument("--calib-tokens", type=POSITIVE, default=16384, metavar="N",
@@ -588,6 +470,17 @@ def _export_parser(sub) -> None:
     x.set_defaults(func=cmd_export)
 
 
+def _preset(key: str) -> str:
+    """"default: FULL; --quick: QUICK" of a compare setting (llm/recipe.py, COMPARE_PRESETS)."""
+    def text(value) -> str:
+        if isinstance(value, tuple):
+            return " ".join(map(str, value))
+        return "none" if value is None else str(value)
+
+    full, quick = (recipe.COMPARE_PRESETS[name][key] for name in ("full", "quick"))
+    return f"default: {text(full)}; --quick: {text(quick)}"
+
+
 def _compare_parser(sub) -> None:
     k = sub.add_parser("compare", help="dense + every method at several ratios: Markdown table + PNG")
     _quiet_arg(k)
@@ -595,30 +488,29 @@ def _compare_parser(sub) -> None:
     k.add_argument("--bits", type=_arg_type(check_real, "bits", 1.0, 16.0), nargs="+", default=None,
                    metavar="B", help="sizes in bits per weight on disk instead of --ratios: quantisers take "
                                      "the largest code width and group that fit, S + L⊙B and pruning methods "
-                                     "the size itself with the positions of S counted as stored (default: "
-                                     "none, the budgets are --ratios)")
+                                     "the size itself with the positions of S counted as stored "
+                                     f"({_preset('bits')}; with --ratios: none)")
     k.add_argument("--ratios", type=RATIO, nargs="+", default=None, metavar="R",
-                   help="ratios in (0, 1) (default: 0.5 0.6 0.7; --quick: 0.5; with an N:M --pattern: "
-                        "none, the pattern fixes the budget)")
+                   help=f"ratios in (0, 1) ({_preset('ratios')}; with an N:M --pattern: none, the pattern "
+                        "fixes the budget)")
     k.add_argument("--methods", nargs="+", default=None, metavar="M",
-                   help="methods (default: magnitude wanda sparsegpt oats slab; --quick: no oats)")
+                   help="methods; 'recipe' is the recommended recipe at each --bits "
+                        f"({_preset('methods')})")
     _budget_args(k, compare=True)
     k.add_argument("--calib-tokens", type=POSITIVE, default=None, metavar="N",
-                   help="calibration tokens (default: 16384; --quick: 2048)")
+                   help=f"calibration tokens ({_preset('calib_tokens')})")
     k.add_argument("--seqlen", type=POSITIVE, default=None, metavar="N",
-                   help="tokens per window, calibration and test (default: 1024; --quick: 256)")
+                   help=f"tokens per window, calibration and test ({_preset('seqlen')})")
     k.add_argument("--tokens", type=POSITIVE, default=None, metavar="N",
-                   help="test tokens scored (default: 8192; --quick: 2048)")
+                   help=f"test tokens scored ({_preset('tokens')})")
     k.add_argument("--work-dir", default=None, metavar="DIR",
-                   help="folder for the compressed models and results (default: runs/compare; "
-                        "--quick: runs/quick)")
+                   help=f"folder for the compressed models and results ({_preset('work_dir')})")
     k.add_argument("--plot", default=None, metavar="PNG", help="plot path (default: WORK_DIR/results.png)")
     k.add_argument("--overwrite", action="store_true",
                    help="recompute folders that already exist (default: reuse or resume them, and keep "
                         "those made with other settings)")
     k.add_argument("--quick", action="store_true",
-                   help="CPU-sized run: ratio 0.5, 8 x 256 calibration tokens, 8 x 256 test tokens, "
-                        "magnitude wanda sparsegpt slab")
+                   help="CPU-sized run: the --quick values above (default: the full run)")
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
     _zero_shot_args(k)
     _layer_selection(k)

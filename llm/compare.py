@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from slabopt.registry import get_method
 
@@ -20,14 +22,21 @@ from .arch import block_linears, block_prefix, decoder_layers
 from .data import DEFAULT_MODEL_NAME, TEST_TEXT, load_model
 from .errors import UserError
 from .evaluate import evaluate_model, load_target
-from .pipeline import CompressConfig, ResumeMismatch, compress_checkpoint, resolve_device, solver_name
+from .pipeline import CompressConfig, ResumeMismatch, compress_checkpoint, resolve_device
+from .recipe import COMPARE_PRESETS, METHOD, compare_plan, is_quantiser, recommend
+from .recipe import RECIPE_METHOD as RECIPE
 
 FORMAT = "slabopt-compare/1"
+FULL = COMPARE_PRESETS["full"]
 
 
 @dataclass(frozen=True)
 class CompareSettings:
-    """One compare run: the methods and ratios, the shared solver settings and the text sizes."""
+    """One compare run: the methods and ratios, the shared solver settings and the text sizes.
+
+    ``asked`` holds the CompressConfig settings given for every run (``None``: not given), from
+    which :func:`.recipe.recommend` makes each run's (``baseline=True``); ``base`` is them for
+    slab, as the table describes them."""
 
     methods: tuple[str, ...]
     ratios: tuple[float | None, ...]
@@ -35,9 +44,9 @@ class CompareSettings:
     work_dir: Path
     plot: Path | None = None
     model: str | None = None
-    calib_tokens: int = 16384
-    seqlen: int = 1024
-    tokens: int = 8192
+    calib_tokens: int = FULL["calib_tokens"]
+    seqlen: int = FULL["seqlen"]
+    tokens: int = FULL["tokens"]
     dtype: str = "float32"
     device: str = "cpu"
     overwrite: bool = False
@@ -47,6 +56,7 @@ class CompareSettings:
     batch_size: int = 16
     method_options: dict = field(default_factory=dict)
     bits: tuple[float, ...] = ()  # budgets in bits per weight on disk, instead of ``ratios``
+    asked: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict:
         """The settings as they go under the table and into ``results.json``."""
@@ -60,34 +70,30 @@ class CompareSettings:
                 "tasks": list(self.tasks), "limit": self.limit, "bits": list(self.bits)}
 
 
-RECIPE = "recipe"  # at each --bits, the method and settings slabopt.recipes recommends
-
-
-def is_quantiser(method: str) -> bool:
-    """A method whose options (bits, group size) fix its bits, so it runs once, at no ratio."""
-    from slabopt.registry import get_method
-
-    return method != RECIPE and get_method(solver_name(method)).quant_layout is not None
-
-
-def _recipe_at(bits: float, value_bits: int) -> tuple[str, dict, dict]:
-    """(method, config fields, options) of the recommended recipe at ``bits`` per weight on disk
-    (:func:`slabopt.recipes.recipe_for_bits`): S + L ⊙ B's settings below the crossover, the
-    quantiser's layout above it (with the ratio its cost is checked against)."""
-    from slabopt.recipes import recipe_for_bits
-
-    rec = recipe_for_bits(bits)
-    settings = dict(rec.settings)
-    if "bits" not in settings:
-        settings["ratio"] = 1 - bits / value_bits
-    return rec.method, {"ratio": None, **settings}, dict(rec.options)
+def plan_compare(asked: dict, quick: bool, given: Mapping[str, Any],
+                 run: Mapping[str, Any]) -> CompareSettings:
+    """The CompareSettings of a compare: ``asked`` (CompressConfig settings, ``None``: not given),
+    ``given`` (methods, ratios, bits, text sizes, work folder; ``None``: the preset's,
+    :func:`.recipe.compare_plan`) and ``run`` (the other CompareSettings fields). Every method's
+    settings are checked before any work."""
+    plan = compare_plan(quick, given, asked["pattern"])
+    methods = tuple(plan["methods"])
+    shared = {key: value for key, value in asked.items() if key != "options"}
+    for method in methods:
+        if method != RECIPE:
+            recommend(baseline=True, **shared, method=method)
+    base = replace(recommend(baseline=True, **shared, method=METHOD).config, options=asked["options"])
+    return CompareSettings(methods=methods, ratios=tuple(plan["ratios"] or ()),
+                           bits=tuple(plan["bits"] or ()), base=base, asked=shared,
+                           work_dir=Path(plan["work_dir"]), calib_tokens=plan["calib_tokens"],
+                           seqlen=plan["seqlen"], tokens=plan["tokens"],
+                           method_options=split_options(methods, asked["options"]),
+                           **{**run, "plot": Path(run["plot"]) if run.get("plot") else None})
 
 
 def split_options(methods: tuple[str, ...], options: dict) -> dict[str, dict]:
     """Per method, the solver options its solver accepts (compare runs several solvers at once)."""
-    from slabopt.registry import get_method
-
-    accepted = {m: set() if m == RECIPE else set(get_method(solver_name(m)).option_names()) for m in methods}
+    accepted = {m: set() if m == RECIPE else set(get_method(m).option_names()) for m in methods}
     unused = [k for k in options if not any(k in a for a in accepted.values())]
     if unused:
         raise UserError(f"option(s) {', '.join(unused)} accepted by none of the methods "
@@ -128,54 +134,38 @@ def _write(rows: list, described: dict, outputs: dict[str, Path], t_start: float
     return md
 
 
-def _at_bits(cs: CompareSettings, method: str, bits: float, options: dict) -> tuple[dict, dict]:
-    """(config fields, options) of ``method`` at ``bits`` per weight on disk: a quantiser with
-    options for code bits and group size gets the largest layout that fits
-    (:func:`slabopt.recipes.quantiser_shape`); other methods the budget itself, with the positions
-    of S counted as stored (Rice codes for the row pattern)."""
-    from slabopt.recipes import quantiser_shape
-
-    if is_quantiser(method):
-        takes = "group_size" in get_method(solver_name(method)).option_names()
-        if not takes:
-            return {"ratio": None}, options  # its algorithm fixes its size
-        b, g = quantiser_shape(bits)  # the ratio checks the layout's real cost on each layer
-        return {"ratio": 1 - bits / cs.base.value_bits}, {**options, "bits": b, "group_size": g}
-    positions = cs.base.positions
-    if positions == "index":
-        positions = "rice" if cs.base.pattern == "row" else "bitmask"
-    return {"ratio": None, "bits": bits, "positions": positions}, options
+def _run_config(cs: CompareSettings, method: str, ratio: float | None, bits: float | None) -> CompressConfig:
+    """The settings of one run (:func:`.recipe.recommend`, the baseline): ``method`` at ``ratio`` or
+    ``bits``; the recommended recipe at ``bits`` for method "recipe"."""
+    return recommend(baseline=True, **cs.asked, method=None if method == RECIPE else method, ratio=ratio,
+                     bits=bits, options=cs.method_options.get(method, {})).config
 
 
-def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
-         bits: float | None = None) -> dict | None:
-    """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
-    from dataclasses import replace
-
-    options = cs.method_options.get(method, {})
-    fields, ran = {"ratio": ratio}, method
-    if method == RECIPE:
-        ran, fields, options = _recipe_at(bits, cs.base.value_bits)
-        fields["method"] = ran
-    elif bits is not None:
-        fields, options = _at_bits(cs, method, bits, options)
+def _folder(cs: CompareSettings, method: str, cfg: CompressConfig, ratio: float | None,
+            bits: float | None) -> Path:
+    """The run's folder, named by method, budget (ratio, bits, a quantiser's options or the N:M
+    pattern), rank and codes of S."""
     if bits is not None:
         budget = f"b{bits}"
     elif ratio is not None:
         budget = f"r{ratio}"
     elif is_quantiser(method):
-        budget = "q" + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+        budget = "q" + "".join(f"-{k}{v}" for k, v in sorted(cfg.options.items()))
     else:
         budget = cs.base.pattern.replace(":", "of")
-    cfg = replace(cs.base, **{"method": method, **fields}, options=options)
-    asked = f"ratio {ratio}" if bits is None else f"{bits} bits"
-    if "sparse" not in get_method(cfg.solver).components:
-        cfg = replace(cfg, sparse_bits=None)  # --sparse-bits codes S; methods without one ignore it
     coded = "" if cfg.sparse_bits is None else f"-q{cfg.sparse_bits}"
-    out = cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}{coded}"
+    return cs.work_dir / f"{method}-{budget}-rank{cs.base.rank}{coded}"
+
+
+def _compress(cs: CompareSettings, method: str, ratio: float | None,
+              bits: float | None) -> tuple[CompressConfig, Path, dict] | None:
+    """(settings, folder, manifest) of one run compressed or reused; ``None`` when skipped, saying why."""
+    asked = f"ratio {ratio}" if bits is None else f"{bits} bits"
     console.notice(f"[compare] {method} {asked}: compressing")
-    exists = out.exists() and any(out.iterdir())
     try:
+        cfg = _run_config(cs, method, ratio, bits)
+        out = _folder(cs, method, cfg, ratio, bits)
+        exists = out.exists() and any(out.iterdir())
         man = compress_checkpoint(cs.model, out, cfg, calib_tokens=cs.calib_tokens, seqlen=cs.seqlen,
                                   dtype=cs.dtype, device=cs.device, resume=exists and not cs.overwrite,
                                   overwrite=exists and cs.overwrite, progress=cs.progress)
@@ -186,13 +176,24 @@ def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
     except UserError as exc:
         console.notice(f"[compare] {method} {asked} skipped: {exc}")
         return None
+    return cfg, out, man
+
+
+def _one(cs: CompareSettings, method: str, ratio: float | None, tok, path,
+         bits: float | None = None) -> dict | None:
+    """Compress (or reuse) one folder and evaluate what is on disk; ``None`` when skipped."""
+    done = _compress(cs, method, ratio, bits)
+    if done is None:
+        return None
+    cfg, out, man = done
     cmodel, _, _, _ = load_target(str(out), None, cs.dtype, resolve_device(cs.device))
     ev = _scores(cs, cmodel, tok, path)
     s = man["sizes"]
+    asked = f"ratio {ratio}" if bits is None else f"{bits} bits"
     console.notice(f"[compare] {method} {asked}: perplexity {ev['perplexity']:.3f} "
                    f"({man['compress_seconds']:.1f}s)")
-    return {"method": method, **({"recipe": ran} if method == RECIPE else {}), "ratio": ratio, "bits": bits,
-            "bits_per_weight": cfg.value_bits * (1 - s["linear_disk_ratio"]), **ev,
+    return {"method": method, **({"recipe": cfg.method} if method == RECIPE else {}), "ratio": ratio,
+            "bits": bits, "bits_per_weight": cfg.value_bits * (1 - s["linear_disk_ratio"]), **ev,
             "budget_ratio": s["linear_budget_ratio"],
             "disk_bytes": s["linear_bytes_on_disk"], "disk_ratio": s["linear_disk_ratio"],
             "seconds": man["compress_seconds"]}
@@ -227,7 +228,7 @@ def run_compare(cs: CompareSettings) -> tuple[str, dict[str, Path]]:
     for i, (ratio, bits) in enumerate(budgets):
         for method in cs.methods:
             fixed = is_quantiser(method) and (bits is None or "group_size" not in
-                                              get_method(solver_name(method)).option_names())
+                                              get_method(method).option_names())
             if fixed and i > 0:
                 continue  # its options (or its algorithm) fix the bits: one run
             row = _one(cs, method, None if is_quantiser(method) else ratio, tok, path, bits)

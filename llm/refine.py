@@ -16,9 +16,14 @@ stored dtype.
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 
-from .arch import map_tensors
+import torch
+from torch import nn
+
+from .calibration import BlockInputs, forward
 from .slablinear import SLaBLinear
 
 TUNED = ("U", "V", "values", "value_scales", "row_offset", "levels")
@@ -31,31 +36,36 @@ def tunable_buffers(mod: SLaBLinear) -> list[str]:
             if getattr(mod, n, None) is not None and getattr(mod, n).is_floating_point()]
 
 
-def _block_loss(block, inputs: list, calls: list, targets: list, device, backward: bool) -> float:
+def _block_loss(block: nn.Module, inputs: BlockInputs, targets: list, backward: bool) -> float:
     """Σ_w ‖block(x_w) − y_w‖² / Σ_w ‖y_w‖², with gradients accumulated when ``backward``."""
     norm = sum(float(t.double().pow(2).sum()) for t in targets)
     total = 0.0
-    for hs, (args, kwargs), y in zip(inputs, calls, targets, strict=True):
-        args, kwargs = map_tensors((args, kwargs), lambda t: t.to(device))
-        with torch.set_grad_enabled(backward):
-            out = block(hs.to(device), *args, **kwargs)
-            out = out[0] if isinstance(out, tuple) else out
-            loss = (out.float() - y.to(device).float()).pow(2).sum() / norm
+    with torch.set_grad_enabled(backward):
+        for out, y in zip(forward(block, inputs), targets, strict=True):
+            loss = (out.float() - y.to(inputs.device).float()).pow(2).sum() / norm
             if backward:
                 loss.backward()
-        total += float(loss)
+            total += float(loss.detach())
     return total
 
 
-def refine_block(block, inputs: list, calls: list, targets: list, device, steps: int,
-                 lr: float | None = None) -> dict:
-    """Tune the block's SLaBLinear layers for ``steps`` Adam steps of learning rate ``lr`` (default
-    ``DEFAULT_LR``; module docstring); returns {"loss_start", "loss_end", "steps"} (relative squared
-    output errors on the windows)."""
-    lr = DEFAULT_LR if lr is None else lr
-    layers = [m for m in block.modules() if isinstance(m, SLaBLinear)]
-    if not layers or not any(tunable_buffers(m) for m in layers):  # nothing compressed here
-        return {"loss_start": None, "loss_end": None, "steps": 0}
+class _Best:
+    """The least loss seen so far and a copy of the parameters that gave it."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.loss: float | None = None
+        self.kept = [p.detach() for p in params]  # what goes back if the tuning fails before a loss
+
+    def offer(self, loss: float) -> None:
+        """Keep the current parameters when ``loss`` (theirs) is below the best so far."""
+        if self.loss is None or loss < self.loss:
+            self.loss, self.kept = loss, [p.detach().clone() for p in self.params]
+
+
+def _float32_masters(layers: list[SLaBLinear]) -> tuple[list[torch.Tensor], dict]:
+    """Put a float32 copy that takes gradients in place of each tunable buffer (the layers' forward
+    switched to the torch reference path); returns the copies and the buffers' own dtypes."""
     dtypes, params = {}, []
     for mod in layers:
         mod.set_cache_weight(False)
@@ -66,30 +76,60 @@ def refine_block(block, inputs: list, calls: list, targets: list, device, steps:
             master = buf.detach().to(torch.float32).clone().requires_grad_(True)
             mod._buffers[name] = master
             params.append(master)
+    return params, dtypes
+
+
+def _put_back(layers: list[SLaBLinear], kept: list[torch.Tensor], dtypes: dict) -> None:
+    """Store ``kept`` (in the order of :func:`_float32_masters`) in the layers' buffers, cast back."""
+    it = iter(kept)
+    for mod in layers:
+        for name in tunable_buffers(mod):
+            mod._buffers[name] = next(it).to(dtypes[(id(mod), name)])
+        mod.use_fused = True
+        mod._drop_derived()
+
+
+@contextmanager
+def _frozen(block: nn.Module) -> Iterator[None]:
+    """The block's trainable parameters (norms, uncompressed layers) take no gradient meanwhile."""
     frozen = [p for p in block.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    kept = [p.detach() for p in params]  # what goes back if the tuning fails
     try:
-        best = _block_loss(block, inputs, calls, targets, device, backward=False)
-        start, kept = best, [p.detach().clone() for p in params]
-        opt = torch.optim.Adam(params, lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = _block_loss(block, inputs, calls, targets, device, backward=True)
-            if loss < best:  # the loss of the parameters before this step
-                best, kept = loss, [p.detach().clone() for p in params]
-            opt.step()
-        final = _block_loss(block, inputs, calls, targets, device, backward=False)
-        if final < best:
-            best, kept = final, [p.detach().clone() for p in params]
+        yield
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        it = iter(kept)
-        for mod in layers:
-            for name in tunable_buffers(mod):
-                mod._buffers[name] = next(it).to(dtypes[(id(mod), name)])
-            mod.use_fused = True
-            mod._drop_derived()
-    return {"loss_start": start, "loss_end": best, "steps": steps}
+
+
+def _tune(loss, best: _Best, steps: int, lr: float) -> float:
+    """``steps`` Adam steps on ``loss(backward)`` over ``best.params``, every loss offered to
+    ``best`` (the last step's parameters too); returns the starting loss."""
+    start = loss(backward=False)
+    best.offer(start)
+    opt = torch.optim.Adam(best.params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        best.offer(loss(backward=True))  # the loss of the parameters before this step
+        opt.step()
+    best.offer(loss(backward=False))
+    return start
+
+
+def refine_block(block: nn.Module, inputs: BlockInputs, targets: list[torch.Tensor], steps: int,
+                 lr: float | None = None) -> dict:
+    """Tune the block's SLaBLinear layers for ``steps`` Adam steps of learning rate ``lr`` (default
+    ``DEFAULT_LR``; module docstring) towards the dense block's outputs ``targets`` on ``inputs``;
+    returns {"loss_start", "loss_end", "steps"} (relative squared output errors on the windows)."""
+    layers = [m for m in block.modules() if isinstance(m, SLaBLinear)]
+    if not layers or not any(tunable_buffers(m) for m in layers):  # nothing compressed here
+        return {"loss_start": None, "loss_end": None, "steps": 0}
+    params, dtypes = _float32_masters(layers)
+    best = _Best(params)
+    try:
+        with _frozen(block):
+            start = _tune(partial(_block_loss, block, inputs, targets), best, steps,
+                          DEFAULT_LR if lr is None else lr)
+    finally:
+        _put_back(layers, best.kept, dtypes)
+    return {"loss_start": start, "loss_end": best.loss, "steps": steps}

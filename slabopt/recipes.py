@@ -7,6 +7,9 @@ Below ``CROSSOVER_BITS`` S + L ⊙ B with error feedback (``slab_obs``) gives th
 per channel at 4.05; below 4.04 bits GPTQ has no 4-bit layout at all); from there on the recipe is
 GPTQ with the largest code width and group that fit (its held-out layer error is lower from 4 bits
 on, on SmolLM2 and Gemma-3-270M).
+
+How the model pipeline applies these (a size given as bits, or a ratio without a method) and its other
+defaults are in ``slabopt.llm.recipe``.
 """
 
 from __future__ import annotations

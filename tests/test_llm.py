@@ -680,7 +680,7 @@ def test_positions_bitmask_makes_the_ratio_the_ratio_on_disk(tmp_path):
     overshoots the budget by 1 bit per weight."""
     for positions in ("index", "bitmask"):
         man = compress_model(tiny_model(), _windows(), tmp_path / positions, method="slab", ratio=0.5, rank=1,
-                             max_iter=2, positions=positions, progress=False, log=None)
+                             max_iter=2, positions=positions, sparse_bits=None, progress=False, log=None)
         assert man["settings"]["positions"] == positions
         model, _ = load_compressed(tmp_path / positions)
         layers = [m for m in model.modules() if isinstance(m, SLaBLinear)]

@@ -18,6 +18,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from slabopt.llm import cli  # noqa: E402
 from slabopt.llm.checkpoint import load_compressed  # noqa: E402
+from slabopt.llm.recipe import COMPARE_PRESETS, recommend  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 import slabopt  # noqa: E402
@@ -155,8 +156,8 @@ def test_cli_ratio_without_method_below_the_slab_floor_takes_the_recipe(tmp_path
     assert man["settings"]["method"] == "slab_obs" and man["settings"]["bits"] == 3.0
     weights = sum(e["shape"][0] * e["shape"][1] for e in man["layers"])
     assert sum(e["bits"] for e in man["layers"]) <= 3.0 * weights
-    args = cli.build_parser().parse_args([*base, "--ratio", "0.5", "--out", str(tmp_path / "s")])
-    assert cli._method_and_budget(args)[:2] == ("slab", 0.5)
+    cfg = recommend(ratio=0.5).config
+    assert (cfg.method, cfg.ratio) == ("slab", 0.5)
 
 
 def test_cli_warns_before_a_collapsing_recipe(tmp_path, capsys):
@@ -198,9 +199,8 @@ def test_compare_recipe_takes_the_recommended_method_at_each_size(tmp_path, caps
 
 
 def test_compare_quick_runs_the_recipe():
-    from slabopt.llm.cli import QUICK
-
-    assert "recipe" in QUICK["methods"] and QUICK["bits"]
+    quick = COMPARE_PRESETS["quick"]
+    assert "recipe" in quick["methods"] and quick["bits"]
 
 
 def test_a_pattern_without_method_is_not_dropped_by_the_recipe(tmp_path, capsys):
