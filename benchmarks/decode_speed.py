@@ -245,7 +245,7 @@ def child(kind: str, folder: str | None, dtype: str, threads: int, new_tokens: i
     if kind == "dense":
         model, tok, _ = load_model(None, dtype)
     else:
-        from slabopt.llm.checkpoint import load_compressed
+        from slabopt.llm.loading import load_compressed
         from transformers import AutoTokenizer
 
         model, _ = load_compressed(folder, getattr(torch, dtype))
@@ -268,7 +268,7 @@ def child(kind: str, folder: str | None, dtype: str, threads: int, new_tokens: i
             times.append(time.perf_counter() - t0)
             text = tok.decode(out[0, ids.shape[1]:])
     parts = _rss_parts_mib()
-    from slabopt.llm.allocator import release_freed_memory
+    from slabopt.llm.heap import release_freed_memory
 
     release_freed_memory()  # what glibc keeps of freed heap memory, given back (every variant alike)
     trimmed = _rss_parts_mib()
@@ -295,7 +295,7 @@ def rss_child(folder: str | None, dtype: str, new_tokens: int) -> dict:
         path = dequantised_checkpoint(progress=False)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
     else:
-        from slabopt.llm.checkpoint import load_compressed
+        from slabopt.llm.loading import load_compressed
 
         path = Path(folder)
         model, _ = load_compressed(path, torch_dtype)

@@ -158,10 +158,10 @@ def probe(compress_args: list[str]) -> dict:
     reset, relative to VmRSS just before the step; "kept" is what stays.
     """
     import torch
-    from slabopt.llm import allocator, pipeline
+    from slabopt.llm import heap, pipeline
     from slabopt.llm.slablinear import SLaBLinear
 
-    allocator.limit_heap_retention()  # as `slabopt compress` does at start
+    heap.limit_heap_retention()  # as `slabopt compress` does at start
     cfg = default_config(compress_args)
     need_gram = cfg.check().needs_gram
     torch.manual_seed(0)

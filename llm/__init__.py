@@ -31,8 +31,8 @@ def load(folder: str | Path, dtype: Any = None, device: str = "cpu") -> tuple[An
     a torch dtype, default float32) and the tokenizer saved with it."""
     import torch
 
-    from .checkpoint import load_compressed as _load
-    from .checkpoint import saved_tokenizer
+    from .loading import load_compressed as _load
+    from .loading import saved_tokenizer
 
     model, _ = _load(folder, torch.float32 if dtype is None else dtype, device=device)
     return model, saved_tokenizer(folder)
@@ -40,7 +40,7 @@ def load(folder: str | Path, dtype: Any = None, device: str = "cpu") -> tuple[An
 
 def __getattr__(name: str) -> Any:
     if name == "load_compressed":  # imported on use: ``import slabopt.llm`` stays light
-        from .checkpoint import load_compressed
+        from .loading import load_compressed
 
         return load_compressed
     if name == "add_transformers_config":

@@ -1,7 +1,7 @@
 """Console script ``slabopt`` (also ``python -m slabopt.llm``): compress / eval / compare / export.
 
 Parsing and printing only: the work is in :mod:`.pipeline` (compress), :mod:`.checkpoint` (the
-folder), :mod:`.evaluate` (perplexity) and :mod:`.report` (table, plot).
+folder), :mod:`.loading` (loading it), :mod:`.evaluate` (perplexity) and :mod:`.report` (table, plot).
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ def load_target(target: str, model: str | None, dtype: str, device, verify: bool
     written by ``slabopt compress``, in ``dtype`` on ``device``."""
     from pathlib import Path
 
-    from .checkpoint import load_compressed, saved_tokenizer
     from .data import DEFAULT_MODEL_NAME, load_model
+    from .loading import load_compressed, saved_tokenizer
 
     if target == "dense":
         net, tok, path = load_model(model, dtype)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .arch import decoder_layers, set_module
-from .checkpoint import load_compressed
 from .errors import UserError
+from .loading import load_compressed
 from .slablinear import SLaBLinear
 
 

@@ -24,7 +24,7 @@ transformers reads from config.json) for every weight that is not a compressed l
 quantizer
 
 - before the weights are loaded (:meth:`SlaboptHfQuantizer._process_model_before_weight_loading`)
-  checks the folder (manifest, every file's SHA-256, as :func:`.checkpoint.load_compressed` does) and
+  checks the folder (manifest, every file's SHA-256, as :func:`.loading.load_compressed` does) and
   puts a :class:`PendingLayer` without tensors in place of each compressed ``nn.Linear``: nothing of
   the dense layers is allocated or initialised, and transformers reports no missing weight;
 - after (:meth:`SlaboptHfQuantizer._process_model_after_weight_loading`) puts the packed
@@ -61,7 +61,6 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .allocator import release_freed_memory
 from .arch import block_prefix, decoder_layers, set_module
 from .checkpoint import (
     CONFIG,
@@ -69,18 +68,18 @@ from .checkpoint import (
     MANIFEST,
     QUANT_METHOD,
     REST,
-    _assign_buffers,
     _write_json,
     block_file,
     config_json,
     load_block,
-    prepare_layers,
     read_manifest,
     transformers_entries,
     verify_files,
 )
 from .data import sha256_file
 from .errors import UserError
+from .heap import release_freed_memory
+from .loading import _assign_buffers, prepare_layers
 from .slablinear import SLaBLinear
 
 HF_FORMAT = "slabopt-hf/1"  # written by save_pretrained: the packed layers' buffers under their full names
@@ -229,7 +228,7 @@ def attach_quantizer(model: PreTrainedModel) -> None:
 # ------------------------------------------------------------------------------------ reading
 def _folder_layers(model: nn.Module, folder: Path) -> dict[str, tuple[int, int]]:
     """Full name → (out, in) of every packed layer of a folder written by ``slabopt compress``, from
-    its block files' metadata, after the checks :func:`.checkpoint.load_compressed` makes."""
+    its block files' metadata, after the checks :func:`.loading.load_compressed` makes."""
     man = read_manifest(folder)
     if not man.get("complete"):
         raise UserError(f"{folder} is unfinished (next block {man.get('next_block')}); "

@@ -35,7 +35,6 @@ import slabopt
 from slabopt.patterns import parse_pattern
 
 from . import allocation, console, distributed
-from .allocator import limit_heap_retention, release_freed_memory
 from .arch import (
     DEFAULT_IGNORE,
     block_linears,
@@ -67,6 +66,7 @@ from .checkpoint import (
 )
 from .distributed import Dist
 from .errors import UserError
+from .heap import limit_heap_retention, release_freed_memory
 from .recipe import DEFAULT
 from .recipe import check as check_settings
 from .recipe import resolve as resolve_settings
@@ -719,7 +719,7 @@ def compress_checkpoint(model: str | None, out_dir: Path, config: CompressConfig
         config.check()
         if d.main:
             check_output(Path(out_dir), resume=resume, overwrite=overwrite)  # before the slow model load
-        limit_heap_retention()  # freed buffers above 1 MiB go back to the system (see .allocator)
+        limit_heap_retention()  # freed buffers above 1 MiB go back to the system (see .heap)
         if calib_file is not None:
             data.read_text_file(calib_file)  # a bad file fails before the slow model load
         shell = data.empty_model(model)

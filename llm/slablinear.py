@@ -92,24 +92,45 @@ class SLaBLinear(nn.Module):
         self._W: torch.Tensor | None = None
         self._packed: _Packed | bool | None = None  # the kernels' arrays; False: not supported
         self._triton = None  # the Triton kernel's arrays (triton_forward.TritonParts), built when first used
-        if nm is None and nnz and rice_bytes is not None:
-            self.register_buffer("rice", torch.zeros(rice_bytes, dtype=torch.uint8, device=device))
-        elif nm is None and nnz:
-            self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8, device=device))
-        elif nnz:
-            self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8, device=device))
-            self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8,
-                                                         device=device))
+        if nnz:
+            self._position_buffers(m, n, nm, rice_bytes, device)
         if value_codes is None:
             self.register_buffer("values", torch.zeros(nnz, dtype=store_dtype, device=device))
         else:
             self._code_buffers(m, *value_codes, store_dtype, device)
+        self._factor_buffers(m, n, rank, l_group, store_dtype, device)
+        self._row_buffers(m, n, has_signs, has_levels, has_offset, bias, store_dtype, device)
+        if quant is not None:
+            self._quant_buffers(quant, store_dtype, device)
+
+    def _position_buffers(self, m: int, n: int, nm: tuple[int, int] | None, rice_bytes: int | None,
+                          device) -> None:
+        """Where S keeps entries: Rice codes (``rice``, ``rice_bytes`` bytes), the bitmask ``mask``
+        (m×⌈n/8⌉ uint8), or for an N:M pattern ``nm`` = [N, M] and its codes ``nm_codes``."""
+        if nm is None and rice_bytes is not None:
+            self.register_buffer("rice", torch.zeros(rice_bytes, dtype=torch.uint8, device=device))
+        elif nm is None:
+            self.register_buffer("mask", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8, device=device))
+        else:
+            self.register_buffer("nm", torch.tensor(nm, dtype=torch.uint8, device=device))
+            self.register_buffer("nm_codes", torch.zeros(nm_codes.packed_bytes(m, n, *nm), dtype=torch.uint8,
+                                                         device=device))
+
+    def _factor_buffers(self, m: int, n: int, rank: int, l_group: int | None, store_dtype: torch.dtype,
+                        device) -> None:
+        """The factors ``U`` (m×(r·groups)) and ``V`` (n×r), ``None`` for rank 0, and ``l_group`` = [G]
+        when L is stored per group of G input columns."""
         groups = 1 if l_group is None else -(-n // l_group)
         self.register_buffer("U", torch.zeros(m, rank * groups, dtype=store_dtype, device=device)
                              if rank else None)
         self.register_buffer("V", torch.zeros(n, rank, dtype=store_dtype, device=device) if rank else None)
         if l_group is not None:
             self.register_buffer("l_group", torch.tensor([l_group], dtype=torch.int32, device=device))
+
+    def _row_buffers(self, m: int, n: int, has_signs: bool, has_levels: bool, has_offset: bool, bias: bool,
+                     store_dtype: torch.dtype, device) -> None:
+        """The packed signs of B (``signs``, m×⌈n/8⌉ uint8), the two-level codes ``levels`` (2×m),
+        ``row_offset`` (m) and ``bias`` (m); each ``None`` when not asked for."""
         self.register_buffer("signs", torch.zeros(m, math.ceil(n / 8), dtype=torch.uint8, device=device)
                              if has_signs else None)
         self.register_buffer("levels", torch.zeros(2, m, dtype=store_dtype, device=device)
@@ -117,8 +138,6 @@ class SLaBLinear(nn.Module):
         self.register_buffer("row_offset", torch.zeros(m, dtype=store_dtype, device=device)
                              if has_offset else None)
         self.register_buffer("bias", torch.zeros(m, dtype=store_dtype, device=device) if bias else None)
-        if quant is not None:
-            self._quant_buffers(quant, store_dtype, device)
 
     def _code_buffers(self, m: int, bits: int, k: int, store_dtype: torch.dtype, device) -> None:
         """Coded values of S: k codes of ``bits`` bits per row, a scale per row, the layout [q, k]."""
@@ -154,45 +173,47 @@ class SLaBLinear(nn.Module):
                     compute_dtype: torch.dtype = torch.float32) -> SLaBLinear:
         """Build from a :class:`slabopt.SolveResult` (torch arrays), casting values to ``store_dtype``."""
         m, n = res.shape
-        sp = res.sparse
         pat = res.budget.pattern
         nm = (pat.n, pat.m) if pat.kind == "nm" and pat.m <= nm_codes.MAX_M else None
-        codes = res.sparse_codes
-        rice = None
-        if res.budget.positions == "rice" and sp.nnz and nm is None:
-            rice = rice_encode(np.asarray(torch.as_tensor(sp.indptr, device="cpu")),
-                               np.asarray(torch.as_tensor(sp.indices, device="cpu")), n)[0]
-        mod = cls(n, m, nnz=sp.nnz, rank=res.rank, l_group=res.budget.l_group,
-                  rice_bytes=None if rice is None else rice.size,
-                  value_codes=None if codes is None else (codes.bits, int(codes.shape[1])),
-                  has_signs=res.signs_packed is not None,
-                  has_levels=res.levels is not None, has_offset=res.row_offset is not None,
-                  bias=bias is not None, store_dtype=store_dtype, compute_dtype=compute_dtype, nm=nm,
-                  quant=None if res.quant is None else res.quant.layout)
-        if rice is not None:
-            mod.rice.copy_(torch.from_numpy(rice))
-        elif sp.nnz:
-            mod._store_positions(sp, nm)
-        if res.quant is not None:
-            mod._store_quant(res.quant, store_dtype)
-        mod.rebuild_index()
-        if codes is None:
-            mod.values.copy_(torch.as_tensor(sp.values, device=mod.values.device).to(store_dtype))
-        else:
-            mod._store_codes(codes)
-        if res.rank:
-            mod.U.copy_(torch.as_tensor(res.U, device=mod.U.device).to(store_dtype))
-            mod.V.copy_(mod._own_factors(torch.as_tensor(res.V, device=mod.V.device)).to(store_dtype))
-        if res.signs_packed is not None:
-            mod.signs.copy_(torch.as_tensor(res.signs_packed, device=mod.signs.device).to(torch.uint8))
-        if res.levels is not None:
-            mod.levels.copy_(torch.as_tensor(res.levels, device=mod.levels.device).to(store_dtype))
-        if res.row_offset is not None:
-            offset = torch.as_tensor(res.row_offset, device=mod.row_offset.device)
-            mod.row_offset.copy_(offset.to(store_dtype))
-        if bias is not None:
-            mod.bias.copy_(bias.detach().to(store_dtype))
+        rice = _rice_codes(res, n) if nm is None else None
+        mod = cls(n, m, **_result_layout(res, nm, rice, bias is not None), store_dtype=store_dtype,
+                  compute_dtype=compute_dtype)
+        mod._store_sparse(res, nm, rice, store_dtype)
+        mod._store_rows(res, bias, store_dtype)
         return mod
+
+    def _store_sparse(self, res, nm: tuple[int, int] | None, rice: np.ndarray | None,
+                      store_dtype: torch.dtype) -> None:
+        """S of ``res`` (its positions, then its values or codes) and its quantised part, checking
+        that the pattern holds as many entries as there are values."""
+        sp, codes = res.sparse, res.sparse_codes
+        if rice is not None:
+            self.rice.copy_(torch.from_numpy(rice))
+        elif sp.nnz:
+            self._store_positions(sp, nm)
+        if res.quant is not None:
+            self._store_quant(res.quant, store_dtype)
+        self.rebuild_index()
+        if codes is None:
+            self.values.copy_(torch.as_tensor(sp.values, device=self.values.device).to(store_dtype))
+        else:
+            self._store_codes(codes)
+
+    def _store_rows(self, res, bias: torch.Tensor | None, store_dtype: torch.dtype) -> None:
+        """The factors U and V, the packed signs, the two-level codes, the row offset and the bias
+        of ``res`` (those it has), cast to ``store_dtype`` (signs to uint8)."""
+        if res.rank:
+            self.U.copy_(torch.as_tensor(res.U, device=self.U.device).to(store_dtype))
+            self.V.copy_(self._own_factors(torch.as_tensor(res.V, device=self.V.device)).to(store_dtype))
+        if res.signs_packed is not None:
+            self.signs.copy_(torch.as_tensor(res.signs_packed, device=self.signs.device).to(torch.uint8))
+        if res.levels is not None:
+            self.levels.copy_(torch.as_tensor(res.levels, device=self.levels.device).to(store_dtype))
+        if res.row_offset is not None:
+            offset = torch.as_tensor(res.row_offset, device=self.row_offset.device)
+            self.row_offset.copy_(offset.to(store_dtype))
+        if bias is not None:
+            self.bias.copy_(bias.detach().to(store_dtype))
 
     def _store_positions(self, sp, nm: tuple[int, int] | None) -> None:
         """The bitmask (or N:M codes) of the entries the CSR ``sp`` keeps, filled ``CODE_ROWS``
@@ -585,6 +606,28 @@ class SLaBLinear(nn.Module):
                 f"{coded}rank={self.rank}, signs={self.signs is not None}")
 
 
+def _rice_codes(res, n: int) -> np.ndarray | None:
+    """The Rice codes (uint8) of the kept positions of ``res.sparse`` (n columns) when ``res``
+    asks for Rice-coded positions and keeps entries, else ``None``."""
+    sp = res.sparse
+    if res.budget.positions != "rice" or not sp.nnz:
+        return None
+    return rice_encode(np.asarray(torch.as_tensor(sp.indptr, device="cpu")),
+                       np.asarray(torch.as_tensor(sp.indices, device="cpu")), n)[0]
+
+
+def _result_layout(res, nm: tuple[int, int] | None, rice: np.ndarray | None, has_bias: bool) -> dict:
+    """The layout arguments of :class:`SLaBLinear` (all but the dtypes) for the parts ``res`` has,
+    with the N:M pattern ``nm`` and the Rice codes ``rice`` chosen by the caller."""
+    codes = res.sparse_codes
+    return dict(nnz=res.sparse.nnz, rank=res.rank, l_group=res.budget.l_group,
+                rice_bytes=None if rice is None else rice.size,
+                value_codes=None if codes is None else (codes.bits, int(codes.shape[1])),
+                has_signs=res.signs_packed is not None,
+                has_levels=res.levels is not None, has_offset=res.row_offset is not None,
+                bias=has_bias, nm=nm, quant=None if res.quant is None else res.quant.layout)
+
+
 class _Packed:
     """What the fused kernel reads: numpy views of ``values``, ``mask`` and ``signs`` (coded values
     as signed codes c − 2^(q−1), one byte each), the row offsets into ``values`` (m + 1 int64), V
@@ -593,20 +636,42 @@ class _Packed:
 
     def __init__(self, mod: SLaBLinear):
         m, n, r = mod.out_features, mod.in_features, mod.rank
-        has_mask = (hasattr(mod, "mask") or hasattr(mod, "nm_codes") or hasattr(mod, "rice")) and mod.nnz > 0
-        if has_mask and (hasattr(mod, "nm_codes") or hasattr(mod, "rice")):  # decoded once into a bitmask
-            mask = pack_signs(mod.positions()).reshape(-1).numpy()
-        else:
-            mask = mod.mask.detach().reshape(-1).numpy() if has_mask else np.zeros(0, np.uint8)
-        self.mask = mask
-        self.ok = not (has_mask and n % 8 and bool(
-            (mask.reshape(m, -1)[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
-        counts = np.unpackbits(mask.reshape(m, -1), axis=1).sum(1) if has_mask else np.zeros(m)
-        self.rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        mask = self._mask_bytes(mod)
+        has_mask = mask is not None
+        self.mask = mask if has_mask else np.zeros(0, np.uint8)
+        self._scan_mask(m, n, has_mask)
         coded = hasattr(mod, "value_layout")
         self.values = _signed_codes(mod) if coded else self._values(mod.values.detach())
         self.signs = (mod.signs.detach().reshape(-1).numpy() if mod.signs is not None
                       else np.zeros(0, np.uint8))
+        self._factor_parts(mod, n, r, coded)
+        self.flags = np.array([has_mask, mod.signs is not None and r > 0, mod.row_offset is not None,
+                               mod.bias is not None], dtype=np.int8)
+
+    @staticmethod
+    def _mask_bytes(mod: SLaBLinear) -> np.ndarray | None:
+        """The bitmask of S as flat uint8 bytes (a view of ``mask``, or N:M or Rice-coded positions
+        decoded once into a bitmask); ``None`` when S keeps nothing."""
+        decoded = hasattr(mod, "nm_codes") or hasattr(mod, "rice")
+        if not ((hasattr(mod, "mask") or decoded) and mod.nnz > 0):
+            return None
+        if decoded:
+            return pack_signs(mod.positions()).reshape(-1).numpy()
+        return mod.mask.detach().reshape(-1).numpy()
+
+    def _scan_mask(self, m: int, n: int, has_mask: bool) -> None:
+        """``ok`` (no padding bit beyond column n is set in ``mask``) and ``rowptr`` (m + 1 int64:
+        where each row's values start)."""
+        mask = self.mask
+        self.ok = not (has_mask and n % 8 and bool(
+            (mask.reshape(m, -1)[:, -1] & ((1 << (8 - n % 8)) - 1)).any()))
+        counts = np.unpackbits(mask.reshape(m, -1), axis=1).sum(1) if has_mask else np.zeros(m)
+        self.rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def _factor_parts(self, mod: SLaBLinear, n: int, r: int, coded: bool) -> None:
+        """``V`` (r×n float32) and ``aux`` = [U | c | bias | σ] (m×(r+3) float32; absent c and bias
+        are 0, σ is 1 for float values)."""
+        m = mod.out_features
         U, V = mod.factors(torch.float32) if r else (None, None)
         self.V = V.detach().T.contiguous().numpy() if r else np.zeros((0, n), np.float32)
         aux = torch.zeros(m, r + 3, dtype=torch.float32, device="cpu")  # read by the numba kernel
@@ -617,8 +682,6 @@ class _Packed:
             if t is not None:
                 aux[:, col] = t.detach().to(torch.float32)
         self.aux = aux.numpy()
-        self.flags = np.array([has_mask, mod.signs is not None and r > 0, mod.row_offset is not None,
-                               mod.bias is not None], dtype=np.int8)
 
     @staticmethod
     def _values(values: torch.Tensor) -> np.ndarray:

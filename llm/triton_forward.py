@@ -93,30 +93,48 @@ def _row_pointers(mask: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def prepare(mod) -> TritonParts:
-    """The kernel's arrays for the :func:`supported` layer ``mod``: views of its buffers, plus the
-    bitmask decoded once from N:M or Rice codes (1 bit per weight) and the row pointers."""
-    m, n = mod.out_features, mod.in_features
+def _sparse_mask(mod) -> torch.Tensor:
+    """The bitmask of S (m×⌈n/8⌉ uint8, contiguous): the stored ``mask``, or the N:M or Rice-coded
+    positions decoded once into one on the layer's device."""
+    mask = mod.mask if hasattr(mod, "mask") else pack_signs(mod.positions()).to(mod.values.device)
+    return mask.contiguous()
+
+
+def _sparse_parts(mod) -> dict:
+    """The kernel's arrays of S for ``mod``: ``mask``, ``values``, ``rowptr`` (float values only),
+    ``scales`` (coded values only), ``qbits`` and ``row_bytes`` (0 for float values); the arrays are
+    ``None`` when nothing is kept. Coded values must keep the same k entries in every row."""
+    n = mod.in_features
     has_s = mod.nnz > 0
-    mask = None
-    if has_s:
-        mask = mod.mask if hasattr(mod, "mask") else pack_signs(mod.positions()).to(mod.values.device)
-        mask = mask.contiguous()
+    mask = _sparse_mask(mod) if has_s else None
     coded = hasattr(mod, "value_layout")
     qbits, k = (int(v) for v in mod.value_layout.tolist()) if coded else (0, 0)
     rowptr = _row_pointers(mask, n) if has_s else None
     if has_s and coded and not bool((rowptr.diff() == k).all()):
         raise ValueError(f"coded values need {k} kept entries in every row of the mask")
-    rank = 0 if mod.V is None else int(mod.V.shape[1])
-    return TritonParts(
-        m=m, n=n, rank=rank, ldu=0 if mod.U is None else int(mod.U.shape[1]),
-        group=int(mod.l_group[0]) if hasattr(mod, "l_group") else None, qbits=qbits,
-        row_bytes=int(mod.values.shape[1]) if coded else 0, mask=mask,
+    return dict(
+        qbits=qbits, row_bytes=int(mod.values.shape[1]) if coded else 0, mask=mask,
         values=mod.values.detach().contiguous() if has_s else None,
         rowptr=None if coded else rowptr,
-        scales=mod.value_scales.detach() if coded and has_s else None,
+        scales=mod.value_scales.detach() if coded and has_s else None)
+
+
+def _lowrank_parts(mod) -> dict:
+    """The kernel's arrays of (U Vᵀ) ⊙ B for ``mod``: ``rank``, ``ldu`` (U's columns), ``group``
+    (G of ``l_group`` or ``None``), and ``signs``, ``U``, ``V`` (``None`` without factors)."""
+    rank = 0 if mod.V is None else int(mod.V.shape[1])
+    return dict(
+        rank=rank, ldu=0 if mod.U is None else int(mod.U.shape[1]),
+        group=int(mod.l_group[0]) if hasattr(mod, "l_group") else None,
         signs=mod.signs.detach().contiguous() if mod.signs is not None and rank else None,
-        U=mod.U.detach().contiguous() if rank else None, V=mod.V.detach().contiguous() if rank else None,
+        U=mod.U.detach().contiguous() if rank else None, V=mod.V.detach().contiguous() if rank else None)
+
+
+def prepare(mod) -> TritonParts:
+    """The kernel's arrays for the :func:`supported` layer ``mod``: views of its buffers, plus the
+    bitmask decoded once from N:M or Rice codes (1 bit per weight) and the row pointers."""
+    return TritonParts(
+        m=mod.out_features, n=mod.in_features, **_sparse_parts(mod), **_lowrank_parts(mod),
         offset=None if mod.row_offset is None else mod.row_offset.detach(),
         bias=None if mod.bias is None else mod.bias.detach())
 

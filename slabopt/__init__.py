@@ -8,10 +8,10 @@ minimising ‖(W − Ŵ) D‖_F² (D = diag of activation column norms) at an ex
 from . import solvers as _solvers  # noqa: F401  (registers the built-in methods)
 from .api import layer_budget, solve
 from .budget import Budget, InfeasibleBudgetError, budget, storage_bits
+from .level_quantizer import two_level_quantize
 from .objective import Objectives, objective
 from .patterns import Pattern
 from .problem import Decomposition, Problem
-from .quantize import two_level_quantize
 from .quantized import QuantizedMatrix, QuantLayout
 from .registry import methods, register_method
 from .result import SolveResult, SparseMatrix

@@ -78,3 +78,12 @@ def check_forward(mod, y: torch.Tensor, x: torch.Tensor, rtol: float = 1e-5) -> 
     err = (y.reshape(ref.shape).to(torch.float64) - ref).abs()
     assert y.shape[-1] == mod.out_features
     assert bool((err <= rtol * scale + 1e-30).all()), float((err / scale.clamp_min(1e-30)).max())
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the console script ``slabopt`` on ``argv``."""
+    from slabopt.llm import cli
+
+    code = cli.main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from slabopt.llm.arch import block_linears, capture_calls, decoder_layers, set_module  # noqa: E402
-from slabopt.llm.checkpoint import load_compressed  # noqa: E402
+from slabopt.llm.loading import load_compressed  # noqa: E402
 from slabopt.llm.pipeline import compress_model  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 

@@ -5,7 +5,7 @@ its device (see tests/_torch_modes.py), for each kind of stored part."""
 import pytest
 import torch
 from slabopt.llm import cli, load_compressed
-from slabopt.llm.checkpoint import saved_tokenizer
+from slabopt.llm.loading import saved_tokenizer
 
 from ._llm import quick_compress_args
 from ._torch_modes import FactoryRecorder

@@ -23,7 +23,8 @@ if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
 from slabopt.llm import distributed  # noqa: E402
-from slabopt.llm.checkpoint import load_compressed, read_manifest  # noqa: E402
+from slabopt.llm.checkpoint import read_manifest  # noqa: E402
+from slabopt.llm.loading import load_compressed  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
 from ._llm import save_checkpoint  # noqa: E402

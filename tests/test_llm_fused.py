@@ -268,7 +268,7 @@ def test_forward_holds_no_dense_weight_or_index(rows):
 def test_loaded_compressed_model_uses_the_fused_forward(tmp_path):
     _need_numba()
     from slabopt.llm.arch import block_linears, decoder_layers
-    from slabopt.llm.checkpoint import load_compressed
+    from slabopt.llm.loading import load_compressed
     from slabopt.llm.pipeline import compress_model
 
     from ._llm import tiny_model, windows

@@ -17,7 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from slabopt.llm import cli  # noqa: E402
-from slabopt.llm.checkpoint import load_compressed  # noqa: E402
+from slabopt.llm.loading import load_compressed  # noqa: E402
 from slabopt.llm.recipe import COMPARE_PRESETS, recommend  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 

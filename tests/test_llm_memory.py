@@ -6,7 +6,7 @@
 - One layer of the default recipe (positions bitmask, coded S with auto bits, 2 refit rounds)
   through the pipeline's steps: the solve, ``SLaBLinear.from_result`` and the calibration
   forward's ``reconstruct`` in bfloat16. Their peaks are measured as VmHWM in a fresh process
-  whose freed blocks above 1 MiB go back to the system (``allocator.limit_heap_retention``), with
+  whose freed blocks above 1 MiB go back to the system (``heap.limit_heap_retention``), with
   the row-block sizes scaled down so that the 512×1024 layer is split into as many blocks as a
   Llama-7B layer with the default sizes; bounds are in float32 copies of the layer (F = 4·m·n
   bytes).
@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from slabopt.llm import allocator, cli, data  # noqa: E402
+from slabopt.llm import cli, data, heap  # noqa: E402
 from slabopt.llm.evaluate import evaluate_model, load_target, perplexity  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
@@ -92,10 +92,10 @@ PROBE = textwrap.dedent("""
     import torch
     import slabopt
     from slabopt import _backend, sparse_codes
-    from slabopt.llm import allocator, cli, pipeline, slablinear
+    from slabopt.llm import cli, heap, pipeline, slablinear
     from slabopt.llm.slablinear import SLaBLinear
 
-    allocator.limit_heap_retention()
+    heap.limit_heap_retention()
     torch.set_num_threads(1)
     m, n = 512, 1024
     # row blocks scaled down with the layer: 2^20 entries are 1/43 of a 11008x4096 layer
@@ -146,7 +146,7 @@ PROBE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def coded_layer_peaks():
     """The probe's peaks (float32 copies of the layer) from a fresh process."""
-    if not Path("/proc/self/clear_refs").exists() or allocator._libc() is None:
+    if not Path("/proc/self/clear_refs").exists() or heap._libc() is None:
         pytest.skip("needs Linux's /proc/self/clear_refs and glibc")
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO,
                          check=False)

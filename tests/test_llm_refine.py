@@ -15,7 +15,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from slabopt.llm import cli  # noqa: E402
 from slabopt.llm.arch import block_linears, decoder_layers  # noqa: E402
-from slabopt.llm.checkpoint import load_compressed  # noqa: E402
+from slabopt.llm.loading import load_compressed  # noqa: E402
 from slabopt.llm.pipeline import compress_model  # noqa: E402
 
 from ._llm import quick_compress_args, tiny_model, windows  # noqa: E402

@@ -13,8 +13,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from slabopt.llm import checkpoint, cli  # noqa: E402
-from slabopt.llm.checkpoint import load_compressed  # noqa: E402
 from slabopt.llm.errors import UserError  # noqa: E402
+from slabopt.llm.loading import load_compressed  # noqa: E402
 from slabopt.llm.pipeline import ResumeMismatch, compress_model  # noqa: E402
 
 from ._llm import folder_bytes, save_checkpoint, tiny_model, windows  # noqa: E402

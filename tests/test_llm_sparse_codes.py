@@ -19,8 +19,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from slabopt.llm import cli, fused  # noqa: E402
-from slabopt.llm.checkpoint import load_compressed  # noqa: E402
 from slabopt.llm.errors import UserError  # noqa: E402
+from slabopt.llm.loading import load_compressed  # noqa: E402
 from slabopt.llm.pipeline import compress_model  # noqa: E402
 from slabopt.llm.slablinear import SLaBLinear  # noqa: E402
 
@@ -104,14 +104,14 @@ def test_loading_unpacks_codes_below_8_bits_once_and_pages_out_the_packed_ones(t
     codes' pages are then advised out (read back from the file only to save, reconstruct or run
     the reference path). q = 8 is read in place and keeps its pages."""
     pytest.importorskip("numba")
-    from slabopt.llm import checkpoint
+    from slabopt.llm import loading
 
     model = tiny_model()
     out = tmp_path / f"q{q}"
     compress_model(model, _windows(), out, method="slab", ratio=0.5, rank=1, max_iter=2,
                    positions="bitmask", sparse_bits=q, progress=False, log=None)
     advised = []
-    monkeypatch.setattr(checkpoint, "page_out", lambda t: advised.append(t.data_ptr()) or True)
+    monkeypatch.setattr(loading, "page_out", lambda t: advised.append(t.data_ptr()) or True)
     loaded, _ = load_compressed(out)
     layers = [m for m in loaded.modules() if isinstance(m, SLaBLinear)]
     assert all(m._packed for m in layers)  # built at load

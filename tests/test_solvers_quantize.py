@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import slabopt
-from slabopt.quantize import two_level_cost, two_level_quantize
+from slabopt.level_quantizer import two_level_cost, two_level_quantize
 
 
 def brute_force(w, om):

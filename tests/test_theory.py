@@ -19,7 +19,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import slabopt
-from slabopt.quantize import two_level_quantize
+from slabopt.level_quantizer import two_level_quantize
 from slabopt.solvers.alternating import binary_step, lowrank_step, outer, sparse_step
 
 from ._problems import heavy_tailed, make_problem, spread_weights

@@ -16,9 +16,9 @@ Both steps are exact, so f never increases. The levels are returned as the 2×m 
 from __future__ import annotations
 
 from .. import _backend as bk
+from ..level_quantizer import two_level_quantize
 from ..patterns import select_mask
 from ..problem import Decomposition, Problem
-from ..quantize import two_level_quantize
 from ..registry import register_method
 
 

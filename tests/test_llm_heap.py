@@ -6,9 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from slabopt.llm import allocator
+from slabopt.llm import heap
 
-pytestmark = pytest.mark.skipif(allocator._libc() is None, reason="needs glibc's malloc_trim/mallopt")
+pytestmark = pytest.mark.skipif(heap._libc() is None, reason="needs glibc's malloc_trim/mallopt")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,14 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 # into the heap top; glibc then keeps them resident after free() unless trimmed.
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from slabopt.llm import allocator
-    lib = allocator._libc()
+    from slabopt.llm import heap
+    lib = heap._libc()
     lib.malloc.restype, lib.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     lib.free.argtypes = [ctypes.c_void_p]
     rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
     mode, big, n = sys.argv[1], 8 << 20, 40
     if mode == "limit":
-        assert allocator.limit_heap_retention()
+        assert heap.limit_heap_retention()
     p = lib.malloc(2 * big); ctypes.memset(p, 1, 2 * big); lib.free(p)  # glibc raises its mmap threshold
     chunks = []
     for _ in range(n):
@@ -33,7 +33,7 @@ PROBE = textwrap.dedent("""
     for q in chunks:
         lib.free(q)
     if mode == "trim":
-        allocator.release_freed_memory()
+        heap.release_freed_memory()
     print((before - rss()) / (n * big))
 """)
 
@@ -87,7 +87,7 @@ def test_page_out_drops_file_pages_and_keeps_their_data(tmp_path):
     t = torch.frombuffer(view, dtype=torch.uint8)
     total = int(t.sum(dtype=torch.int64))  # every page read: resident
     before = _rss_bytes()
-    if not allocator.page_out(t):
+    if not heap.page_out(t):
         pytest.skip("the kernel refused MADV_PAGEOUT (Linux < 5.4?)")
     assert before - _rss_bytes() > 0.5 * size
     assert int(t.sum(dtype=torch.int64)) == total
@@ -98,6 +98,6 @@ def test_page_out_keeps_anonymous_memory_and_refuses_nothing_else():
 
     t = torch.randn(1 << 20)
     want = t.clone()
-    allocator.page_out(t)
+    heap.page_out(t)
     assert torch.equal(t, want)
-    assert allocator.page_out(torch.zeros(10)) is False  # no whole page inside: nothing advised
+    assert heap.page_out(torch.zeros(10)) is False  # no whole page inside: nothing advised
