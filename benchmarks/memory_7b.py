@@ -239,7 +239,7 @@ for n in ('source_fingerprint', 'capture_calls', 'save_rest'):
     wrap(pipeline, n, lambda a, n=n: n)
 wrap(pipeline, 'collect_stats', None)
 wrap(pipeline, '_solve_layer', lambda a: f"solve b{a[2]} {a[4]}")
-wrap(pipeline, '_run_block', None)
+wrap(pipeline, 'block_outputs', None)
 wrap(pipeline, '_commit_block', lambda a: f"commit b{a[1]}")
 _from = SLaBLinear.from_result.__func__
 SLaBLinear.from_result = classmethod(
