@@ -179,27 +179,36 @@ def check_output(out: Path, *, resume: bool, overwrite: bool) -> str:
     if not any(out.iterdir()):
         return "new"
     if not (out / MANIFEST).is_file():
-        if resume:
-            raise UserError(f"cannot resume {out}: it has no {MANIFEST} (not a slabopt output folder)")
-        if overwrite:
-            raise UserError(f"{out} is not a slabopt output folder (no {MANIFEST}); refusing to "
-                            "delete it: choose another --out")
-        raise UserError(f"output folder {out} already exists and is not a slabopt output folder; "
-                        "choose another --out")
+        raise _foreign_folder(out, resume, overwrite)
     man = read_manifest(out)
-    extra = unlisted_files(out, man)
     if not resume and not overwrite:
         raise UserError(f"output folder {out} already exists; pass --resume to continue it or "
                         "--overwrite to replace it")
     if overwrite:
-        reason = _protected(out)
-        if reason:
-            raise UserError(f"refusing to replace {out}: {reason}")
-        if extra:
-            raise UserError(f"refusing to replace {out}: it holds files slabopt did not write "
-                            f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+        _check_replaceable(out, unlisted_files(out, man))
         return "overwrite"
     return "resume"
+
+
+def _foreign_folder(out: Path, resume: bool, overwrite: bool) -> UserError:
+    """The error for a non-empty folder without a manifest (slabopt neither resumes nor deletes it)."""
+    if resume:
+        return UserError(f"cannot resume {out}: it has no {MANIFEST} (not a slabopt output folder)")
+    if overwrite:
+        return UserError(f"{out} is not a slabopt output folder (no {MANIFEST}); refusing to "
+                         "delete it: choose another --out")
+    return UserError(f"output folder {out} already exists and is not a slabopt output folder; "
+                     "choose another --out")
+
+
+def _check_replaceable(out: Path, extra: list[str]) -> None:
+    """``UserError`` unless slabopt may replace its folder ``out`` (not protected, no files of the user's)."""
+    reason = _protected(out)
+    if reason:
+        raise UserError(f"refusing to replace {out}: {reason}")
+    if extra:
+        raise UserError(f"refusing to replace {out}: it holds files slabopt did not write "
+                        f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
 
 
 def clear_folder(out: Path) -> None:
@@ -375,11 +384,10 @@ def source_dtype(source_dir: Path | None) -> str | None:
     return name if name in ("bfloat16", "float16", "float32") else None
 
 
-def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compressed: set[str],
-              dtype: str | None = None) -> list[str]:
-    """Every weight that is not a compressed linear layer, its floating-point ones in ``dtype``
-    (``None``: as in memory), non-persistent buffers included as they are (so that every
-    architecture's rotary tables load as they were), the config and the tokenizer files."""
+def rest_state(model: nn.Module, compressed: set[str], dtype: str | None = None) -> dict[str, torch.Tensor]:
+    """Every weight that is not a compressed linear layer (nor a tied head), on the CPU, its
+    floating-point ones in ``dtype`` (``None``: as in memory), non-persistent buffers included as
+    they are (so that every architecture's rotary tables load as they were)."""
     skip = tuple(name + "." for name in compressed)
     tied = getattr(model.config, "tie_word_embeddings", False)
     state = {k: v for k, v in model.state_dict().items()
@@ -387,11 +395,21 @@ def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compres
     if dtype is not None:
         state = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
     state.update(_non_persistent_buffers(model))
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    names = [REST, CONFIG]
-    tok = [] if source_dir is None else sorted(
-        f.name for f in Path(source_dir).iterdir()
-        if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES))
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _tokenizer_files(source_dir: Path | None) -> list[str]:
+    if source_dir is None:
+        return []
+    return sorted(f.name for f in Path(source_dir).iterdir()
+                  if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES))
+
+
+def save_rest(ck: Checkpoint, model: nn.Module, source_dir: Path | None, compressed: set[str],
+              dtype: str | None = None) -> list[str]:
+    """:func:`rest_state` into ``rest.safetensors``, the config and the tokenizer files."""
+    state = rest_state(model, compressed, dtype)
+    names, tok = [REST, CONFIG], _tokenizer_files(source_dir)
     ck.announce(*names, *tok)
     save_file(state, str(ck.path(REST)), metadata={"format": "pt"})
     ck.path(CONFIG).write_text(config_json(json.loads(model.config.to_json_string(use_diff=True))),
