@@ -155,13 +155,10 @@ def _not_causal(config, path: Path) -> UserError:
                      "language models")
 
 
-def empty_model(model: str | None = None):
-    """The model's modules without their weights (on the meta device): its layer shapes, read
-    from the checkpoint's config alone; ``UserError`` when the config cannot be read or is not a
-    causal language model, ``None`` when transformers cannot build it without its weights (the
-    checks then wait for the loaded model)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _decoder_config(model: str | None):
+    """(path, config) of a checkpoint folder whose config is a decoder-only model's; ``UserError``
+    otherwise."""
+    from transformers import AutoConfig
 
     path = resolve_model_path(model)
     try:
@@ -169,6 +166,18 @@ def empty_model(model: str | None = None):
     except Exception as exc:
         raise UserError(f"cannot read the model config in {path}: {_first_line(exc)}") from None
     check_decoder_config(config)
+    return path, config
+
+
+def empty_model(model: str | None = None):
+    """The model's modules without their weights (on the meta device): its layer shapes, read
+    from the checkpoint's config alone; ``UserError`` when the config cannot be read or is not a
+    causal language model, ``None`` when transformers cannot build it without its weights (the
+    checks then wait for the loaded model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path, config = _decoder_config(model)
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
@@ -183,14 +192,9 @@ def empty_model(model: str | None = None):
 def load_model(model: str | None = None, dtype: str = "float32"):
     """(model, tokenizer, path) for the shipped SmolLM2 or a local decoder checkpoint, on the CPU in
     the storage ``dtype`` (one of :data:`DTYPES`)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    path = resolve_model_path(model)
-    try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read the model config in {path}: {_first_line(exc)}") from None
-    check_decoder_config(config)
+    path, config = _decoder_config(model)
     net = _load_weights(path, config, dtype)
     net.eval()
     try:
