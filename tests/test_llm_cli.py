@@ -25,12 +25,6 @@ from ._llm import run_cli as _run_cli  # noqa: E402
 from ._llm import windows as _windows  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny Llama folder with a small WordLevel tokenizer (no download, fast tokenisation)."""
-    return save_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
 def _with_tokenizer(d, tmp_path):
     import shutil
 

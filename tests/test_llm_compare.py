@@ -16,13 +16,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 from ._llm import run_cli as _run_cli  # noqa: E402
-from ._llm import save_checkpoint  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny Llama folder with a small WordLevel tokenizer (no download, fast tokenisation)."""
-    return save_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def test_cli_compare_writes_table_and_plot(tiny_checkpoint, tmp_path, capsys):

@@ -21,12 +21,6 @@ from ._llm import run_cli as _run_cli  # noqa: E402
 from ._llm import save_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """A tiny Llama folder with a small WordLevel tokenizer (no download, fast tokenisation)."""
-    return save_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
 def test_cli_not_a_checkpoint(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     code, _, err = _run_cli(["eval", "dense", "--model", str(tmp_path / "m")], capsys)
